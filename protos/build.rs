@@ -57,10 +57,7 @@ fn find_envoy_descriptors() -> Option<PathBuf> {
             continue;
         };
         for entry in entries.flatten() {
-            let candidate = entry
-                .path()
-                .join(&dir_name)
-                .join("src/generated/types.bin");
+            let candidate = entry.path().join(&dir_name).join("src/generated/types.bin");
             if candidate.is_file() {
                 return Some(candidate);
             }

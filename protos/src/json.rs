@@ -5,7 +5,8 @@ use std::sync::OnceLock;
 
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 
-static ENVOY_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
+static ENVOY_DESCRIPTORS: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
 static SWITCHYARD_DESCRIPTORS: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_descriptors.bin"));
 

@@ -128,12 +128,18 @@ mod tests {
     fn type_urls_match_generated_message_names() {
         use crate::envoy::envoy::config;
         use crate::switchyard::workload::v1 as wl;
-        assert_eq!(TypeUrl::Cluster.as_str(), config::cluster::v3::Cluster::type_url());
+        assert_eq!(
+            TypeUrl::Cluster.as_str(),
+            config::cluster::v3::Cluster::type_url()
+        );
         assert_eq!(
             TypeUrl::ClusterLoadAssignment.as_str(),
             config::endpoint::v3::ClusterLoadAssignment::type_url()
         );
-        assert_eq!(TypeUrl::Listener.as_str(), config::listener::v3::Listener::type_url());
+        assert_eq!(
+            TypeUrl::Listener.as_str(),
+            config::listener::v3::Listener::type_url()
+        );
         assert_eq!(
             TypeUrl::RouteConfiguration.as_str(),
             config::route::v3::RouteConfiguration::type_url()
@@ -144,7 +150,10 @@ mod tests {
         );
         assert_eq!(TypeUrl::Workload.as_str(), wl::Workload::type_url());
         assert_eq!(TypeUrl::Service.as_str(), wl::Service::type_url());
-        assert_eq!(TypeUrl::Authorization.as_str(), wl::Authorization::type_url());
+        assert_eq!(
+            TypeUrl::Authorization.as_str(),
+            wl::Authorization::type_url()
+        );
     }
 
     #[test]
