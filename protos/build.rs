@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     // Drops prost-types as the default home of google.protobuf so the extern path below wins.
     config.compile_well_known_types();
     config.enable_type_names();
+    // Maps encode in key order, so content-hash versions are stable.
+    config.btree_map(["."]);
     config.type_name_domain(["."], "type.googleapis.com");
 
     let protos = [

@@ -164,6 +164,11 @@ impl Compiler {
         &self.mesh
     }
 
+    /// Every service view of this generation.
+    pub fn service_views(&self) -> impl Iterator<Item = &Arc<ServiceView>> {
+        self.services.values()
+    }
+
     /// The shared scope for `key`.
     pub fn scope(&self, key: &ScopeKey) -> Arc<Scope> {
         if let Some(s) = lock(&self.scopes).get(key) {

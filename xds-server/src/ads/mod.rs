@@ -1,0 +1,379 @@
+//! The ADS service: State-of-the-World and Delta streams on one gRPC port.
+//!
+//! Each stream is one task that owns its protocol state (subscriptions, nonces, what the
+//! client has) and reacts to two things: a request from the client, or a new snapshot from
+//! the cache. It answers only the latest nonce, records ACKs and NACKs in the cache, and
+//! sends types in make-before-break order (CDS, EDS, LDS, RDS, then the workload API).
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use switchyard_model::ProxyId;
+use switchyard_model::proxy::ProxyMetadata;
+use switchyard_protos::envoy::envoy::config::core::v3::Node;
+use switchyard_protos::envoy::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    aggregated_discovery_service_server::AggregatedDiscoveryService,
+};
+use switchyard_protos::{TypeUrl, wkt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cache::SnapshotCache;
+
+pub mod delta;
+pub mod sotw;
+
+/// Responses a stream may have queued for the transport before it waits.
+const STREAM_BUFFER: usize = 8;
+
+/// Why a stream ends with an error (as opposed to a rejected resource, which is a NACK).
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The first request had no node or node id.
+    #[error("the first request of a stream must carry node.id: {0}")]
+    Node(#[from] switchyard_model::ProxyIdError),
+    /// A type this server does not serve.
+    #[error(transparent)]
+    TypeUrl(#[from] switchyard_protos::UnknownTypeUrl),
+    /// The client stream failed (too large, reset...).
+    #[error("client stream failed: {0}")]
+    Transport(#[from] Status),
+}
+
+impl StreamError {
+    /// The gRPC status sent to the client.
+    pub fn status(&self) -> Status {
+        match self {
+            StreamError::Node(e) => Status::invalid_argument(e.to_string()),
+            StreamError::TypeUrl(e) => Status::invalid_argument(e.to_string()),
+            StreamError::Transport(s) => s.clone(),
+        }
+    }
+
+    /// Metric reason code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StreamError::Node(_) => "bad_node",
+            StreamError::TypeUrl(_) => "unknown_type_url",
+            StreamError::Transport(_) => "transport",
+        }
+    }
+}
+
+/// Parses `node` into a proxy id.
+pub fn proxy_from_node(node: Option<&Node>) -> Result<ProxyId, switchyard_model::ProxyIdError> {
+    let node = node.ok_or(switchyard_model::ProxyIdError::Empty)?;
+    let md = node.metadata.as_ref();
+    let field = |k: &str| -> Option<String> {
+        md.and_then(|m| m.fields.get(k))
+            .and_then(|v| match &v.kind {
+                Some(wkt::value::Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+                _ => None,
+            })
+    };
+    let listen_address = match field("LISTEN_ADDRESS") {
+        Some(v) => Some(
+            v.parse()
+                .map_err(|_| switchyard_model::ProxyIdError::MetadataIp {
+                    field: "LISTEN_ADDRESS",
+                    value: v.clone(),
+                })?,
+        ),
+        None => None,
+    };
+    ProxyId::parse(
+        &node.id,
+        ProxyMetadata {
+            namespace: field("NAMESPACE"),
+            pod_name: field("POD_NAME"),
+            node_name: field("NODE_NAME"),
+            service_account: field("SERVICE_ACCOUNT"),
+            cluster_id: field("CLUSTER_ID"),
+            listen_address,
+        },
+    )
+}
+
+/// What a client subscribed to for one type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscription {
+    /// Everything (explicit `*` or legacy empty first request).
+    pub wildcard: bool,
+    /// Wildcard came from an empty request rather than `*`.
+    pub legacy: bool,
+    /// Named resources.
+    pub names: BTreeSet<String>,
+}
+
+impl Subscription {
+    /// Applies a SotW request's `resource_names`; returns whether anything changed.
+    pub fn sotw_update(&mut self, first: bool, names: &[String]) -> bool {
+        let before = self.clone();
+        if names.is_empty() {
+            // An empty list is the legacy wildcard while the client never named anything;
+            // after that it means "nothing".
+            if first || self.legacy {
+                self.wildcard = true;
+                self.legacy = true;
+            } else {
+                self.wildcard = false;
+            }
+            self.names.clear();
+        } else {
+            self.legacy = false;
+            self.wildcard = names.iter().any(|n| n == "*");
+            self.names = names.iter().filter(|n| *n != "*").cloned().collect();
+        }
+        *self != before
+    }
+
+    /// Applies a delta request's subscribe/unsubscribe lists; returns whether anything
+    /// changed.
+    pub fn delta_update(
+        &mut self,
+        first: bool,
+        subscribe: &[String],
+        unsubscribe: &[String],
+    ) -> bool {
+        let before = self.clone();
+        if first && subscribe.is_empty() {
+            self.wildcard = true;
+            self.legacy = true;
+        }
+        for n in subscribe {
+            if n == "*" {
+                self.wildcard = true;
+                self.legacy = false;
+            } else {
+                self.names.insert(n.clone());
+            }
+        }
+        for n in unsubscribe {
+            if n == "*" {
+                self.wildcard = false;
+                self.legacy = false;
+            } else {
+                self.names.remove(n);
+            }
+        }
+        *self != before
+    }
+
+    /// Whether the client wants `name`.
+    pub fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// For status pages.
+    pub fn describe(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.wildcard {
+            v.push("*".to_string());
+        }
+        v.extend(self.names.iter().cloned());
+        v
+    }
+}
+
+/// The ADS gRPC service.
+#[derive(Debug, Clone)]
+pub struct AdsService {
+    cache: Arc<SnapshotCache>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl AdsService {
+    /// A service over `cache`; streams end when `shutdown` is cancelled.
+    pub fn new(cache: Arc<SnapshotCache>, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        AdsService { cache, shutdown }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let cache = self.cache.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(sotw::run(cache, request.into_inner(), tx, peer, shutdown));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let cache = self.cache.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(delta::run(cache, request.into_inner(), tx, peer, shutdown));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Parses a version we sent (16 hex digits) back into a hash; anything else is `None`.
+pub fn parse_version(v: &str) -> Option<u64> {
+    if v.len() == 16 {
+        u64::from_str_radix(v, 16).ok()
+    } else {
+        None
+    }
+}
+
+/// The order types are sent in.
+pub fn push_order() -> impl Iterator<Item = TypeUrl> {
+    TypeUrl::ALL.into_iter()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sotw_subscription_rules() {
+        let mut s = Subscription::default();
+        assert!(s.sotw_update(true, &[]));
+        assert!(s.wildcard && s.legacy);
+        // still wildcard on later empty requests
+        assert!(!s.sotw_update(false, &[]));
+        assert!(s.wildcard);
+        // naming resources ends the legacy wildcard
+        assert!(s.sotw_update(false, &["a".into()]));
+        assert!(!s.wildcard);
+        assert!(s.wants("a") && !s.wants("b"));
+        // now an empty list unsubscribes everything
+        assert!(s.sotw_update(false, &[]));
+        assert!(!s.wildcard && s.names.is_empty());
+        // explicit wildcard plus names
+        assert!(s.sotw_update(false, &["*".into(), "x".into()]));
+        assert!(s.wildcard && s.names.contains("x"));
+    }
+
+    #[test]
+    fn delta_subscription_rules() {
+        let mut s = Subscription::default();
+        assert!(s.delta_update(true, &[], &[]));
+        assert!(s.wildcard && s.legacy);
+        let mut n = Subscription::default();
+        assert!(n.delta_update(true, &["a".into(), "b".into()], &[]));
+        assert!(!n.wildcard);
+        assert!(n.delta_update(false, &["*".into()], &["a".into()]));
+        assert!(n.wildcard && !n.names.contains("a") && n.names.contains("b"));
+        assert!(!n.delta_update(false, &[], &[]));
+        assert!(n.delta_update(false, &[], &["*".into()]));
+        assert!(!n.wildcard);
+    }
+
+    #[test]
+    fn versions_round_trip() {
+        let v = switchyard_model::hash::version_string(0xdead_beef);
+        assert_eq!(parse_version(&v), Some(0xdead_beef));
+        assert_eq!(parse_version("1"), None);
+    }
+}
+
+/// Records an ACK of `version` for `t` and observes convergence.
+pub(crate) fn record_ack(
+    cache: &SnapshotCache,
+    conn: &crate::cache::Connection,
+    t: TypeUrl,
+    version: String,
+) {
+    let changed_at = conn.update_status(t, |s| {
+        s.acked_version = Some(version);
+        s.acked_at = Some(std::time::SystemTime::now());
+        s.nacked = false;
+        s.changed_at.take()
+    });
+    if let Some(at) = changed_at {
+        cache
+            .metrics
+            .convergence_seconds
+            .observe(at.elapsed().as_secs_f64());
+    }
+}
+
+/// Records a NACK.
+pub(crate) fn record_nack(
+    cache: &SnapshotCache,
+    conn: &crate::cache::Connection,
+    t: TypeUrl,
+    nonce: &str,
+    error: &switchyard_protos::envoy::google::rpc::Status,
+) {
+    let version = conn.update_status(t, |s| {
+        let version = s.sent_version.clone().unwrap_or_default();
+        s.nack = Some(crate::cache::NackRecord {
+            version: version.clone(),
+            nonce: nonce.to_string(),
+            message: error.message.clone(),
+            code: error.code,
+            at: std::time::SystemTime::now(),
+        });
+        s.nacked = true;
+        s.changed_at = None;
+        version
+    });
+    cache
+        .metrics
+        .nacks
+        .get_or_create(&crate::metrics::TypeLabels {
+            r#type: t.short_name().to_string(),
+        })
+        .inc();
+    tracing::warn!(
+        node = %conn.proxy.node_id,
+        type_url = t.short_name(),
+        nonce,
+        version,
+        message = %error.message,
+        "proxy rejected configuration (NACK); it keeps its last good config"
+    );
+}
+
+/// Records a response in the connection status and metrics.
+pub(crate) fn record_sent(
+    cache: &SnapshotCache,
+    conn: &crate::cache::Connection,
+    t: TypeUrl,
+    version: String,
+    nonce: &str,
+    resources: usize,
+    bytes: usize,
+    changed_at: Option<std::time::Instant>,
+    variant: crate::metrics::Variant,
+) {
+    conn.update_status(t, |s| {
+        s.sent_version = Some(version);
+        s.sent_nonce = Some(nonce.to_string());
+        s.sent_at = Some(std::time::SystemTime::now());
+        s.sent_resources = resources;
+        s.nacked = false;
+        if changed_at.is_some() {
+            s.changed_at = changed_at;
+        }
+    });
+    cache.count_sent(t, resources, bytes);
+    cache
+        .metrics
+        .responses
+        .get_or_create(&crate::metrics::ResponseLabels {
+            r#type: t.short_name().to_string(),
+            variant,
+        })
+        .inc();
+}

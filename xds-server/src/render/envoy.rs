@@ -1,0 +1,901 @@
+//! Envoy API renderer for per-pod proxies (`sidecar`, `envoy`).
+//!
+//! Shape (names are stable contracts, see CONTRACTS.md):
+//! * CDS: `outbound|<port>||<host>` (EDS) per service port, `inbound|<port>||` (STATIC to the
+//!   local app) per inbound port, `passthrough-outbound` / `passthrough-inbound`
+//!   (ORIGINAL_DST) for traffic to unknown destinations.
+//! * EDS: one ClusterLoadAssignment per outbound cluster, endpoints grouped by locality with
+//!   locality weights.
+//! * LDS: `outbound` on `<listen>:15001` with a filter chain per HTTP port (HCM, RDS named
+//!   after the port), per TCP service port (TCP proxy, matched on VIP and port), and one for
+//!   clients that talk to 15001 directly as an HTTP proxy (RDS `outbound-http`, every HTTP
+//!   service by `Host`); `inbound` on `<listen>:15006` with a chain per inbound port.
+//! * RDS: `<port>` and `outbound-http`, built from services and their HTTPRoute/GRPCRoute.
+//!
+//! mTLS is not rendered yet: [`transport_socket`] is the one place that will add it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use switchyard_model::view::{PortView, ProxyView, Scope, ServiceView};
+use switchyard_model::{
+    AppProtocol, Endpoint, Locality, Route, RouteKind, RouteMatch, StringMatch,
+};
+use switchyard_protos::envoy::envoy::config::cluster::v3 as cluster;
+use switchyard_protos::envoy::envoy::config::core::v3 as core;
+use switchyard_protos::envoy::envoy::config::endpoint::v3 as endpoint;
+use switchyard_protos::envoy::envoy::config::listener::v3 as listener;
+use switchyard_protos::envoy::envoy::config::route::v3 as route;
+use switchyard_protos::envoy::envoy::extensions::filters::http::router::v3::Router;
+use switchyard_protos::envoy::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use switchyard_protos::envoy::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use switchyard_protos::envoy::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use switchyard_protos::envoy::envoy::extensions::upstreams::http::v3 as upstream_http;
+use switchyard_protos::envoy::envoy::r#type::matcher::v3 as matcher;
+use switchyard_protos::{TypeUrl, pack, wkt};
+
+use super::{RenderOptions, ServiceResources, cluster_name, duration, hostname};
+use crate::snapshot::{Resource, ResourceMap};
+
+/// Outbound capture port.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Inbound capture port.
+pub const INBOUND_PORT: u16 = 15006;
+/// Name of the outbound listener.
+pub const OUTBOUND_LISTENER: &str = "outbound";
+/// Name of the inbound listener.
+pub const INBOUND_LISTENER: &str = "inbound";
+/// Route configuration for clients that use 15001 as an explicit HTTP proxy.
+pub const EXPLICIT_ROUTE: &str = "outbound-http";
+/// ORIGINAL_DST cluster for outbound traffic to unknown destinations.
+pub const PASSTHROUGH_OUTBOUND: &str = "passthrough-outbound";
+/// ORIGINAL_DST cluster for inbound traffic to ports no service targets.
+pub const PASSTHROUGH_INBOUND: &str = "passthrough-inbound";
+
+/// Per-service Envoy parts: resources and fragments scopes assemble.
+#[derive(Debug)]
+pub struct ServiceParts {
+    /// One EDS cluster per port.
+    pub clusters: Vec<Arc<Resource>>,
+    /// One ClusterLoadAssignment per port.
+    pub load_assignments: Vec<Arc<Resource>>,
+    /// HTTP ports: (port, virtual host with FQDN domains, whether it is the service's primary
+    /// HTTP port).
+    pub vhosts: Vec<(u16, route::VirtualHost, bool)>,
+    /// TCP ports: filter chains matched on VIP and port.
+    pub tcp_chains: Vec<listener::FilterChain>,
+}
+
+/// The ports a service must not use because the proxy listens on them.
+fn reserved(port: u16) -> bool {
+    port == OUTBOUND_PORT || port == INBOUND_PORT
+}
+
+/// Renders a service's parts.
+pub fn service_parts(view: &ServiceView, opts: &RenderOptions) -> ServiceParts {
+    let svc = &view.service;
+    let mut parts = ServiceParts {
+        clusters: Vec::new(),
+        load_assignments: Vec::new(),
+        vhosts: Vec::new(),
+        tcp_chains: Vec::new(),
+    };
+    let primary_http = view
+        .ports
+        .iter()
+        .filter(|p| p.port.protocol.is_http())
+        .map(|p| p.port.port)
+        .min_by_key(|p| (*p != 80, *p));
+    for pv in &view.ports {
+        let name = cluster_name(&svc.hostname, pv.port.port);
+        parts.clusters.push(Resource::new(
+            TypeUrl::Cluster,
+            name.as_str(),
+            &eds_cluster(&name, pv.port.protocol, opts),
+        ));
+        parts.load_assignments.push(Resource::new(
+            TypeUrl::ClusterLoadAssignment,
+            name.as_str(),
+            &load_assignment(&name, &pv.endpoints),
+        ));
+        if reserved(pv.port.port) {
+            continue;
+        }
+        if pv.port.protocol.is_http() {
+            let vh = virtual_host(view, pv, Flavor::Envoy, opts);
+            parts
+                .vhosts
+                .push((pv.port.port, vh, primary_http == Some(pv.port.port)));
+        } else if !svc.vips.is_empty() {
+            parts.tcp_chains.push(listener::FilterChain {
+                name: format!("outbound-tcp|{}|{}", pv.port.port, svc.hostname),
+                filter_chain_match: Some(listener::FilterChainMatch {
+                    destination_port: Some(wkt::UInt32Value {
+                        value: pv.port.port.into(),
+                    }),
+                    prefix_ranges: svc.vips.iter().map(|ip| cidr(*ip)).collect(),
+                    ..Default::default()
+                }),
+                filters: vec![tcp_proxy_filter(
+                    &format!("outbound|{}", pv.port.port),
+                    &name,
+                )],
+                transport_socket: transport_socket(),
+                ..Default::default()
+            });
+        }
+    }
+    parts
+}
+
+/// Which client reads a route: Envoy or a proxyless gRPC library (which supports fewer
+/// path matchers and only gRPC status names as retry conditions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    Envoy,
+    Grpc,
+}
+
+/// Domains a service port answers to. `bare` adds the port-less forms.
+pub(crate) fn domains(view: &ServiceView, port: u16, bare: bool) -> Vec<String> {
+    let svc = &view.service;
+    let k = &svc.key;
+    let mut names = vec![
+        svc.hostname.clone(),
+        format!("{}.{}.svc", k.name, k.namespace),
+        format!("{}.{}", k.name, k.namespace),
+    ];
+    names.extend(svc.vips.iter().map(|ip| match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }));
+    let mut out = Vec::new();
+    for n in names {
+        out.push(format!("{n}:{port}"));
+        if bare {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// Short domains (`<name>`, `<name>:<port>`) valid only inside the service's namespace.
+fn short_domains(view: &ServiceView, port: u16, bare: bool) -> Vec<String> {
+    let n = &view.service.key.name;
+    let mut out = vec![format!("{n}:{port}")];
+    if bare {
+        out.push(n.clone());
+    }
+    out
+}
+
+pub(crate) fn virtual_host(
+    view: &ServiceView,
+    pv: &PortView,
+    flavor: Flavor,
+    opts: &RenderOptions,
+) -> route::VirtualHost {
+    let svc = &view.service;
+    let own_cluster = cluster_name(&svc.hostname, pv.port.port);
+    let routes = if pv.routes.is_empty() {
+        vec![route::Route {
+            name: "default".into(),
+            r#match: Some(route::RouteMatch {
+                path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            }),
+            action: Some(route::route::Action::Route(route::RouteAction {
+                cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
+                    own_cluster,
+                )),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }]
+    } else {
+        rendered_routes(&pv.routes, pv.port.port, flavor, opts)
+    };
+    route::VirtualHost {
+        name: format!("{}:{}", svc.hostname, pv.port.port),
+        domains: domains(view, pv.port.port, true),
+        routes,
+        ..Default::default()
+    }
+}
+
+/// Gateway API precedence: exact path, then longest prefix, then method, then most headers,
+/// then most query parameters; ties go to the older route, then name, then rule order.
+fn precedence(
+    m: &RouteMatch,
+) -> (
+    u8,
+    std::cmp::Reverse<usize>,
+    u8,
+    std::cmp::Reverse<usize>,
+    std::cmp::Reverse<usize>,
+) {
+    let (rank, len) = match &m.path {
+        Some(StringMatch::Exact(p)) => (0, p.len()),
+        Some(StringMatch::Prefix(p)) => (1, p.len()),
+        Some(StringMatch::Regex(p)) => (2, p.len()),
+        None => (1, 1),
+    };
+    (
+        rank,
+        std::cmp::Reverse(len),
+        u8::from(m.method.is_none()),
+        std::cmp::Reverse(m.headers.len()),
+        std::cmp::Reverse(m.query.len()),
+    )
+}
+
+fn rendered_routes(
+    routes: &[Arc<Route>],
+    parent_port: u16,
+    flavor: Flavor,
+    opts: &RenderOptions,
+) -> Vec<route::Route> {
+    let mut flat = Vec::new();
+    for r in routes {
+        for (ri, rule) in r.rules.iter().enumerate() {
+            let matches = if rule.matches.is_empty() {
+                vec![RouteMatch {
+                    path: Some(StringMatch::Prefix("/".into())),
+                    ..Default::default()
+                }]
+            } else {
+                rule.matches.clone()
+            };
+            for (mi, m) in matches.into_iter().enumerate() {
+                flat.push((precedence(&m), r.order, r.key.clone(), ri, mi, r.clone(), m));
+            }
+        }
+    }
+    flat.sort_by(|a, b| (&a.0, a.1, &a.2, a.3, a.4).cmp(&(&b.0, b.1, &b.2, b.3, b.4)));
+    flat.into_iter()
+        .map(|(_, _, key, ri, mi, r, m)| {
+            let rule = &r.rules[ri];
+            route::Route {
+                name: format!("{key}#{ri}.{mi}"),
+                r#match: Some(route_match(&m, r.kind, flavor)),
+                action: Some(route_action(rule, parent_port, flavor, opts)),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+fn string_matcher(m: &StringMatch) -> matcher::StringMatcher {
+    use matcher::string_matcher::MatchPattern;
+    matcher::StringMatcher {
+        match_pattern: Some(match m {
+            StringMatch::Exact(v) => MatchPattern::Exact(v.clone()),
+            StringMatch::Prefix(v) => MatchPattern::Prefix(v.clone()),
+            StringMatch::Regex(v) => MatchPattern::SafeRegex(regex(v)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn regex(r: &str) -> matcher::RegexMatcher {
+    matcher::RegexMatcher {
+        regex: r.to_string(),
+        ..Default::default()
+    }
+}
+
+fn route_match(m: &RouteMatch, _kind: RouteKind, flavor: Flavor) -> route::RouteMatch {
+    use route::route_match::PathSpecifier;
+    let path = match &m.path {
+        None => PathSpecifier::Prefix("/".into()),
+        Some(StringMatch::Exact(p)) => PathSpecifier::Path(p.clone()),
+        Some(StringMatch::Regex(p)) => PathSpecifier::SafeRegex(regex(p)),
+        Some(StringMatch::Prefix(p)) => {
+            let trimmed = p.trim_end_matches('/');
+            if trimmed.is_empty() {
+                PathSpecifier::Prefix("/".into())
+            } else if flavor == Flavor::Grpc || p.ends_with('/') {
+                // gRPC libraries lack path_separated_prefix; a prefix ending in '/' already
+                // matches whole segments only.
+                PathSpecifier::Prefix(p.clone())
+            } else {
+                PathSpecifier::PathSeparatedPrefix(trimmed.to_string())
+            }
+        }
+    };
+    let mut headers: Vec<route::HeaderMatcher> = m
+        .headers
+        .iter()
+        .map(|h| route::HeaderMatcher {
+            name: h.name.to_ascii_lowercase(),
+            header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(
+                string_matcher(&h.value),
+            )),
+            ..Default::default()
+        })
+        .collect();
+    if let Some(method) = &m.method {
+        headers.push(route::HeaderMatcher {
+            name: ":method".into(),
+            header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(
+                string_matcher(&StringMatch::Exact(method.clone())),
+            )),
+            ..Default::default()
+        });
+    }
+    route::RouteMatch {
+        path_specifier: Some(path),
+        headers,
+        query_parameters: m
+            .query
+            .iter()
+            .map(|q| route::QueryParameterMatcher {
+                name: q.name.clone(),
+                query_parameter_match_specifier: Some(
+                    route::query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(
+                        string_matcher(&q.value),
+                    ),
+                ),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn route_action(
+    rule: &switchyard_model::RouteRule,
+    parent_port: u16,
+    flavor: Flavor,
+    opts: &RenderOptions,
+) -> route::route::Action {
+    use route::route_action::ClusterSpecifier;
+    let total: u64 = rule.backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        // Gateway API: a rule with no usable backend answers 500.
+        return route::route::Action::DirectResponse(route::DirectResponseAction {
+            status: 500,
+            ..Default::default()
+        });
+    }
+    let names: Vec<(String, u32)> = rule
+        .backends
+        .iter()
+        .map(|b| {
+            (
+                cluster_name(
+                    &hostname(&b.service, &opts.cluster_domain),
+                    b.port.unwrap_or(parent_port),
+                ),
+                b.weight,
+            )
+        })
+        .collect();
+    let nonzero: Vec<&(String, u32)> = names.iter().filter(|(_, w)| *w > 0).collect();
+    let spec = if nonzero.len() == 1 {
+        ClusterSpecifier::Cluster(nonzero[0].0.clone())
+    } else {
+        ClusterSpecifier::WeightedClusters(route::WeightedCluster {
+            clusters: names
+                .iter()
+                .map(|(n, w)| route::weighted_cluster::ClusterWeight {
+                    name: n.clone(),
+                    weight: Some(wkt::UInt32Value { value: *w }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    };
+    let mut action = route::RouteAction {
+        cluster_specifier: Some(spec),
+        ..Default::default()
+    };
+    if let Some(t) = rule.timeout {
+        action.timeout = Some(duration(t));
+        if flavor == Flavor::Grpc {
+            action.max_stream_duration = Some(route::route_action::MaxStreamDuration {
+                max_stream_duration: Some(duration(t)),
+                ..Default::default()
+            });
+        }
+    }
+    if let Some(retry) = &rule.retry
+        && retry.attempts > 0
+    {
+        let retry_on = match flavor {
+            Flavor::Grpc => "unavailable,cancelled".to_string(),
+            Flavor::Envoy if !retry.codes.is_empty() => {
+                "retriable-status-codes,connect-failure,refused-stream,reset".to_string()
+            }
+            Flavor::Envoy => "5xx,connect-failure,refused-stream,reset".to_string(),
+        };
+        action.retry_policy = Some(route::RetryPolicy {
+            retry_on,
+            num_retries: Some(wkt::UInt32Value {
+                value: retry.attempts,
+            }),
+            per_try_timeout: retry.per_try_timeout.map(duration),
+            retriable_status_codes: if flavor == Flavor::Envoy {
+                retry.codes.iter().map(|c| u32::from(*c)).collect()
+            } else {
+                Vec::new()
+            },
+            retry_back_off: retry.backoff.map(|b| route::retry_policy::RetryBackOff {
+                base_interval: Some(duration(b)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    route::route::Action::Route(action)
+}
+
+fn ads() -> core::ConfigSource {
+    core::ConfigSource {
+        resource_api_version: core::ApiVersion::V3 as i32,
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+fn http2_options() -> std::collections::HashMap<String, wkt::Any> {
+    let opts = upstream_http::HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            upstream_http::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                upstream_http::http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Default::default(),
+                        ),
+                    ),
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    // One entry only: a map with several entries would encode in random order and break
+    // content-hash versions.
+    std::collections::HashMap::from([(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+        pack(&opts),
+    )])
+}
+
+fn eds_cluster(name: &str, protocol: AppProtocol, opts: &RenderOptions) -> cluster::Cluster {
+    cluster::Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: name.to_string(),
+        }),
+        connect_timeout: Some(duration(opts.connect_timeout)),
+        lb_policy: cluster::cluster::LbPolicy::RoundRobin as i32,
+        common_lb_config: Some(cluster::cluster::CommonLbConfig {
+            locality_config_specifier: Some(
+                cluster::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                    Default::default(),
+                ),
+            ),
+            ..Default::default()
+        }),
+        typed_extension_protocol_options: if protocol.is_http2() {
+            http2_options()
+        } else {
+            Default::default()
+        },
+        transport_socket: transport_socket(),
+        ..Default::default()
+    }
+}
+
+fn static_cluster(
+    name: &str,
+    ip: IpAddr,
+    port: u16,
+    protocol: AppProtocol,
+    opts: &RenderOptions,
+) -> cluster::Cluster {
+    cluster::Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: Some(duration(opts.connect_timeout)),
+        load_assignment: Some(endpoint::ClusterLoadAssignment {
+            cluster_name: name.to_string(),
+            endpoints: vec![endpoint::LocalityLbEndpoints {
+                lb_endpoints: vec![lb_endpoint(ip, port, true)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        typed_extension_protocol_options: if protocol.is_http2() {
+            http2_options()
+        } else {
+            Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn original_dst_cluster(name: &str, opts: &RenderOptions) -> cluster::Cluster {
+    cluster::Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::OriginalDst as i32,
+        )),
+        connect_timeout: Some(duration(opts.connect_timeout)),
+        lb_policy: cluster::cluster::LbPolicy::ClusterProvided as i32,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn socket_address(ip: IpAddr, port: u16) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port.into())),
+            ..Default::default()
+        })),
+    }
+}
+
+fn lb_endpoint(ip: IpAddr, port: u16, healthy: bool) -> endpoint::LbEndpoint {
+    endpoint::LbEndpoint {
+        health_status: if healthy {
+            core::HealthStatus::Healthy as i32
+        } else {
+            core::HealthStatus::Unhealthy as i32
+        },
+        host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+            endpoint::Endpoint {
+                address: Some(socket_address(ip, port)),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// Endpoints grouped by locality; each locality weighs as many as its healthy endpoints
+/// (at least 1, which Envoy and gRPC both require).
+pub(crate) fn load_assignment(name: &str, eps: &[Endpoint]) -> endpoint::ClusterLoadAssignment {
+    let mut by_locality: BTreeMap<&Locality, Vec<&Endpoint>> = BTreeMap::new();
+    for e in eps {
+        by_locality.entry(&e.locality).or_default().push(e);
+    }
+    endpoint::ClusterLoadAssignment {
+        cluster_name: name.to_string(),
+        endpoints: by_locality
+            .into_iter()
+            .map(|(loc, list)| {
+                let healthy = list.iter().filter(|e| e.healthy).count() as u32;
+                endpoint::LocalityLbEndpoints {
+                    locality: Some(core::Locality {
+                        region: loc.region.clone(),
+                        zone: loc.zone.clone(),
+                        sub_zone: loc.subzone.clone(),
+                    }),
+                    lb_endpoints: list
+                        .iter()
+                        .map(|e| lb_endpoint(e.ip, e.port, e.healthy))
+                        .collect(),
+                    load_balancing_weight: Some(wkt::UInt32Value {
+                        value: healthy.max(1),
+                    }),
+                    ..Default::default()
+                }
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn cidr(ip: IpAddr) -> core::CidrRange {
+    core::CidrRange {
+        address_prefix: ip.to_string(),
+        prefix_len: Some(wkt::UInt32Value {
+            value: if ip.is_ipv4() { 32 } else { 128 },
+        }),
+    }
+}
+
+/// Where mTLS will be added (the CA issue): `None` means plaintext.
+pub fn transport_socket() -> Option<core::TransportSocket> {
+    None
+}
+
+fn router_filter() -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(
+            &Router::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+fn hcm_filter(
+    stat_prefix: &str,
+    route: hcm::http_connection_manager::RouteSpecifier,
+) -> listener::Filter {
+    let cfg = hcm::HttpConnectionManager {
+        stat_prefix: stat_prefix.to_string(),
+        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+        http_filters: vec![router_filter()],
+        route_specifier: Some(route),
+        normalize_path: Some(wkt::BoolValue { value: true }),
+        ..Default::default()
+    };
+    listener::Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(pack(&cfg))),
+    }
+}
+
+fn rds(name: &str) -> hcm::http_connection_manager::RouteSpecifier {
+    hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+        config_source: Some(ads()),
+        route_config_name: name.to_string(),
+    })
+}
+
+fn tcp_proxy_filter(stat_prefix: &str, cluster: &str) -> listener::Filter {
+    let cfg = tcp::TcpProxy {
+        stat_prefix: stat_prefix.to_string(),
+        cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(
+            cluster.to_string(),
+        )),
+        ..Default::default()
+    };
+    listener::Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(pack(&cfg))),
+    }
+}
+
+fn original_dst_filter() -> listener::ListenerFilter {
+    listener::ListenerFilter {
+        name: "envoy.filters.listener.original_dst".into(),
+        config_type: Some(listener::listener_filter::ConfigType::TypedConfig(pack(
+            &OriginalDst::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+fn port_match(port: u16) -> Option<listener::FilterChainMatch> {
+    Some(listener::FilterChainMatch {
+        destination_port: Some(wkt::UInt32Value { value: port.into() }),
+        ..Default::default()
+    })
+}
+
+/// Scope-wide CDS, EDS and RDS maps.
+pub fn scope_maps(
+    scope: &Scope,
+    services: &[(Arc<ServiceView>, Arc<ServiceResources>)],
+    opts: &RenderOptions,
+) -> BTreeMap<TypeUrl, Arc<ResourceMap>> {
+    let parts: Vec<(&Arc<ServiceView>, &ServiceParts)> = services
+        .iter()
+        .map(|(v, r)| (v, r.envoy.get_or_init(|| service_parts(v, opts))))
+        .collect();
+    let mut clusters: Vec<Arc<Resource>> = parts
+        .iter()
+        .flat_map(|(_, p)| p.clusters.iter().cloned())
+        .collect();
+    clusters.push(Resource::new(
+        TypeUrl::Cluster,
+        PASSTHROUGH_OUTBOUND,
+        &original_dst_cluster(PASSTHROUGH_OUTBOUND, opts),
+    ));
+    clusters.push(Resource::new(
+        TypeUrl::Cluster,
+        PASSTHROUGH_INBOUND,
+        &original_dst_cluster(PASSTHROUGH_INBOUND, opts),
+    ));
+    let clas = parts
+        .iter()
+        .flat_map(|(_, p)| p.load_assignments.iter().cloned());
+
+    let namespace = match &scope.key {
+        switchyard_model::ScopeKey::Namespace(ns) => Some(ns.as_str()),
+        switchyard_model::ScopeKey::NodeAgents => None,
+    };
+    let mut by_port: BTreeMap<u16, Vec<route::VirtualHost>> = BTreeMap::new();
+    let mut explicit = Vec::new();
+    for (view, p) in &parts {
+        let local = namespace == Some(view.service.key.namespace.as_str());
+        for (port, vh, primary) in &p.vhosts {
+            let mut per_port = vh.clone();
+            let mut all = vh.clone();
+            all.domains = domains(view, *port, *primary);
+            if local {
+                per_port.domains.extend(short_domains(view, *port, true));
+                all.domains.extend(short_domains(view, *port, *primary));
+            }
+            by_port.entry(*port).or_default().push(per_port);
+            explicit.push(all);
+        }
+    }
+    let mut routes: Vec<Arc<Resource>> = by_port
+        .into_iter()
+        .map(|(port, vhosts)| {
+            let name = port.to_string();
+            Resource::new(
+                TypeUrl::RouteConfiguration,
+                name.as_str(),
+                &route::RouteConfiguration {
+                    name: name.clone(),
+                    virtual_hosts: vhosts,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    routes.push(Resource::new(
+        TypeUrl::RouteConfiguration,
+        EXPLICIT_ROUTE,
+        &route::RouteConfiguration {
+            name: EXPLICIT_ROUTE.into(),
+            virtual_hosts: explicit,
+            ..Default::default()
+        },
+    ));
+    BTreeMap::from([
+        (TypeUrl::Cluster, Arc::new(ResourceMap::new(clusters))),
+        (
+            TypeUrl::ClusterLoadAssignment,
+            Arc::new(ResourceMap::new(clas)),
+        ),
+        (
+            TypeUrl::RouteConfiguration,
+            Arc::new(ResourceMap::new(routes)),
+        ),
+    ])
+}
+
+/// The `outbound` listener of a scope, bound to `listen`.
+pub fn outbound_listener(
+    services: &[(Arc<ServiceView>, Arc<ServiceResources>)],
+    listen: IpAddr,
+    opts: &RenderOptions,
+) -> Arc<Resource> {
+    let mut http_ports = BTreeSet::new();
+    let mut chains = Vec::new();
+    for (v, r) in services {
+        let p = r.envoy.get_or_init(|| service_parts(v, opts));
+        http_ports.extend(p.vhosts.iter().map(|(port, _, _)| *port));
+        chains.extend(p.tcp_chains.iter().cloned());
+    }
+    for port in http_ports {
+        chains.push(listener::FilterChain {
+            name: format!("outbound-http|{port}"),
+            filter_chain_match: port_match(port),
+            filters: vec![hcm_filter(
+                &format!("outbound_{port}"),
+                rds(&port.to_string()),
+            )],
+            ..Default::default()
+        });
+    }
+    chains.push(listener::FilterChain {
+        name: "outbound-explicit".into(),
+        filter_chain_match: port_match(OUTBOUND_PORT),
+        filters: vec![hcm_filter("outbound_explicit", rds(EXPLICIT_ROUTE))],
+        ..Default::default()
+    });
+    let l = listener::Listener {
+        name: OUTBOUND_LISTENER.into(),
+        address: Some(socket_address(listen, OUTBOUND_PORT)),
+        listener_filters: vec![original_dst_filter()],
+        filter_chains: chains,
+        default_filter_chain: Some(listener::FilterChain {
+            name: "outbound-passthrough".into(),
+            filters: vec![tcp_proxy_filter(
+                "outbound_passthrough",
+                PASSTHROUGH_OUTBOUND,
+            )],
+            ..Default::default()
+        }),
+        traffic_direction: core::TrafficDirection::Outbound as i32,
+        ..Default::default()
+    };
+    Resource::new(TypeUrl::Listener, OUTBOUND_LISTENER, &l)
+}
+
+/// The proxy's own resources: the `inbound` listener and its clusters.
+pub fn own_maps(
+    view: &ProxyView,
+    listen: IpAddr,
+    opts: &RenderOptions,
+) -> BTreeMap<TypeUrl, Arc<ResourceMap>> {
+    let local: IpAddr = if listen.is_ipv6() {
+        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+    };
+    let mut clusters = Vec::new();
+    let mut chains = Vec::new();
+    for p in view.inbound.iter().filter(|p| !reserved(p.port)) {
+        let name = format!("inbound|{}||", p.port);
+        clusters.push(Resource::new(
+            TypeUrl::Cluster,
+            name.as_str(),
+            &static_cluster(&name, local, p.port, p.protocol, opts),
+        ));
+        let filter = if p.protocol.is_http() {
+            hcm_filter(
+                &format!("inbound_{}", p.port),
+                hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                    route::RouteConfiguration {
+                        name: name.clone(),
+                        virtual_hosts: vec![route::VirtualHost {
+                            name: name.clone(),
+                            domains: vec!["*".into()],
+                            routes: vec![route::Route {
+                                r#match: Some(route::RouteMatch {
+                                    path_specifier: Some(
+                                        route::route_match::PathSpecifier::Prefix("/".into()),
+                                    ),
+                                    ..Default::default()
+                                }),
+                                action: Some(route::route::Action::Route(route::RouteAction {
+                                    cluster_specifier: Some(
+                                        route::route_action::ClusterSpecifier::Cluster(
+                                            name.clone(),
+                                        ),
+                                    ),
+                                    ..Default::default()
+                                })),
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
+            )
+        } else {
+            tcp_proxy_filter(&format!("inbound_{}", p.port), &name)
+        };
+        chains.push(listener::FilterChain {
+            name: format!("inbound|{}", p.port),
+            filter_chain_match: port_match(p.port),
+            filters: vec![filter],
+            transport_socket: transport_socket(),
+            ..Default::default()
+        });
+    }
+    let l = listener::Listener {
+        name: INBOUND_LISTENER.into(),
+        address: Some(socket_address(listen, INBOUND_PORT)),
+        listener_filters: vec![original_dst_filter()],
+        filter_chains: chains,
+        default_filter_chain: Some(listener::FilterChain {
+            name: "inbound-passthrough".into(),
+            filters: vec![tcp_proxy_filter("inbound_passthrough", PASSTHROUGH_INBOUND)],
+            ..Default::default()
+        }),
+        traffic_direction: core::TrafficDirection::Inbound as i32,
+        ..Default::default()
+    };
+    BTreeMap::from([
+        (
+            TypeUrl::Listener,
+            Arc::new(ResourceMap::new([Resource::new(
+                TypeUrl::Listener,
+                INBOUND_LISTENER,
+                &l,
+            )])),
+        ),
+        (TypeUrl::Cluster, Arc::new(ResourceMap::new(clusters))),
+    ])
+}

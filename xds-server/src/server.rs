@@ -1,0 +1,264 @@
+//! Wires a running control plane: source -> mesh state -> push loop -> snapshot cache, the
+//! gRPC server (ADS, CSDS) and the admin HTTP server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use prometheus_client::registry::Registry;
+use switchyard_model::Mesh;
+use switchyard_protos::envoy::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use switchyard_protos::envoy::envoy::service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::admin::{self, AdminState};
+use crate::ads::AdsService;
+use crate::cache::SnapshotCache;
+use crate::config::Config;
+use crate::csds::CsdsService;
+use crate::metrics::Metrics;
+use crate::render::RenderOptions;
+use crate::sources::dir::DirectorySource;
+use crate::sources::{Source, SourceReport};
+use crate::state::{self, MeshStatus, Published};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listen address is taken or not allowed.
+    #[error("cannot listen on {address} for {what}: {source} (is another switchyard running?)")]
+    Bind {
+        /// Which server.
+        what: &'static str,
+        /// Address.
+        address: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct Server {
+    xds_address: SocketAddr,
+    admin_address: SocketAddr,
+    cache: Arc<SnapshotCache>,
+    status: Arc<ArcSwap<MeshStatus>>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what,
+            address,
+            source,
+        })
+}
+
+impl Server {
+    /// Starts with the directory source of `config.config_dir`.
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        let source = DirectorySource::new(config.config_dir.clone(), config.source_debounce);
+        Self::start_with_source(config, Box::new(source)).await
+    }
+
+    /// Starts with any source.
+    pub async fn start_with_source(
+        config: Config,
+        source: Box<dyn Source>,
+    ) -> Result<Server, ServerError> {
+        let xds_listener = bind("xds", config.xds_address).await?;
+        let admin_listener = bind("admin", config.admin_address).await?;
+        let xds_address = xds_listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                what: "xds",
+                address: config.xds_address,
+                source,
+            })?;
+        let admin_address = admin_listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                what: "admin",
+                address: config.admin_address,
+                source,
+            })?;
+
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::new(&mut registry));
+        let registry = Arc::new(registry);
+        let shutdown = CancellationToken::new();
+        let empty = Arc::new(Mesh::empty(config.mesh.clone()));
+        let cache = Arc::new(SnapshotCache::new(
+            empty.clone(),
+            RenderOptions {
+                connect_timeout: config.connect_timeout,
+                cluster_domain: config.mesh.cluster_domain.clone(),
+            },
+            metrics.clone(),
+        ));
+        let status = Arc::new(ArcSwap::from_pointee(MeshStatus::default()));
+        let mut tasks = Vec::new();
+
+        // source -> state -> push loop
+        let description = source.describe();
+        let (report_tx, report_rx) = watch::channel(SourceReport::default());
+        tasks.push(tokio::spawn(source.run(report_tx, shutdown.clone())));
+        let (mesh_tx, mesh_rx) = watch::channel::<Published>((empty, Instant::now()));
+        tasks.push(tokio::spawn(state::follow(
+            description.clone(),
+            report_rx,
+            config.mesh.clone(),
+            mesh_tx,
+            status.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(push_loop(
+            cache.clone(),
+            mesh_rx,
+            config.push_debounce,
+            shutdown.clone(),
+        )));
+
+        // gRPC: ADS + CSDS on one port
+        let ads =
+            AggregatedDiscoveryServiceServer::new(AdsService::new(cache.clone(), shutdown.clone()))
+                .max_decoding_message_size(config.max_request_bytes);
+        let csds = ClientStatusDiscoveryServiceServer::new(CsdsService::new(cache.clone()))
+            .max_decoding_message_size(config.max_request_bytes);
+        let grpc_shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .add_service(ads)
+                .add_service(csds)
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(xds_listener),
+                    grpc_shutdown.cancelled_owned(),
+                )
+                .await;
+            if let Err(e) = result {
+                error!(error = %e, "xds server stopped");
+            }
+        }));
+
+        // admin
+        let app = admin::router(AdminState {
+            cache: cache.clone(),
+            status: status.clone(),
+            registry,
+            test_hooks: config.test_hooks,
+        });
+        let admin_shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = axum::serve(admin_listener, app)
+                .with_graceful_shutdown(admin_shutdown.cancelled_owned())
+                .await;
+            if let Err(e) = result {
+                error!(error = %e, "admin server stopped");
+            }
+        }));
+        info!(xds = %xds_address, admin = %admin_address, source = %description, "switchyard started");
+        Ok(Server {
+            xds_address,
+            admin_address,
+            cache,
+            status,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Where xDS is served.
+    pub fn xds_address(&self) -> SocketAddr {
+        self.xds_address
+    }
+
+    /// Where admin is served.
+    pub fn admin_address(&self) -> SocketAddr {
+        self.admin_address
+    }
+
+    /// The snapshot cache.
+    pub fn cache(&self) -> &Arc<SnapshotCache> {
+        &self.cache
+    }
+
+    /// The mesh status.
+    pub fn status(&self) -> Arc<MeshStatus> {
+        self.status.load_full()
+    }
+
+    /// Asks every task to stop.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Stops and waits for every task.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Longest a burst of changes may delay a push.
+const MAX_DEBOUNCE_FACTOR: u32 = 10;
+
+async fn push_loop(
+    cache: Arc<SnapshotCache>,
+    mut meshes: watch::Receiver<Published>,
+    debounce: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = meshes.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+        let first_seen = meshes.borrow().1;
+        // Quiet period: wait until no change for `debounce`, at most 10 x debounce.
+        let deadline = tokio::time::Instant::now() + debounce * MAX_DEBOUNCE_FACTOR;
+        loop {
+            meshes.borrow_and_update();
+            tokio::select! {
+                _ = tokio::time::sleep(debounce) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            if !meshes.has_changed().unwrap_or(false) || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        let mesh = meshes.borrow_and_update().0.clone();
+        let generation = mesh.generation;
+        let c = cache.clone();
+        match tokio::task::spawn_blocking(move || c.push(mesh, first_seen)).await {
+            Ok(stats) => info!(
+                generation,
+                proxies = stats.proxies,
+                changed = stats.changed,
+                elapsed_ms = stats.elapsed.as_secs_f64() * 1000.0,
+                "pushed"
+            ),
+            Err(e) => error!(error = %e, generation, "push failed"),
+        }
+    }
+}
