@@ -1,1 +1,144 @@
-//! placeholder
+//! Shared setup of the cross-crate suites: a control plane serving a temporary manifest
+//! directory, and small HTTP helpers for its admin API.
+
+use std::net::SocketAddr;
+use std::sync::Once;
+use std::time::Duration;
+
+use anyhow::Context;
+use switchyard_test_support::manifests::ManifestDir;
+use switchyard_xds_server::{Config, Server};
+
+/// Timeout for a single expected response.
+pub const STEP: Duration = Duration::from_secs(5);
+
+/// A running control plane over a manifest directory.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// The manifests it serves.
+    pub manifests: ManifestDir,
+    /// The server.
+    pub server: Server,
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+impl ControlPlane {
+    /// Starts a control plane with the given manifest files already written, and waits until
+    /// it has built a mesh from them.
+    pub async fn start(files: &[(&str, Vec<String>)]) -> anyhow::Result<Self> {
+        Self::start_with(files, |_| {}).await
+    }
+
+    /// Like [`ControlPlane::start`], adjusting the config first.
+    pub async fn start_with(
+        files: &[(&str, Vec<String>)],
+        adjust: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Self> {
+        init_logs();
+        let manifests = ManifestDir::new()?;
+        for (name, docs) in files {
+            manifests.write(name, docs)?;
+        }
+        let mut config = Config::for_tests(manifests.path());
+        adjust(&mut config);
+        let server = Server::start(config).await?;
+        let cp = ControlPlane { manifests, server };
+        cp.wait_generation(1).await?;
+        Ok(cp)
+    }
+
+    /// Waits until the mesh generation is at least `g` and pushed.
+    pub async fn wait_generation(&self, g: u64) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let pushed = self.server.cache().generation().mesh().generation;
+            if pushed >= g {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "mesh generation {g} not pushed within {STEP:?} (pushed {pushed}, status {:?})",
+                    self.server.status()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Current pushed generation.
+    pub fn generation(&self) -> u64 {
+        self.server.cache().generation().mesh().generation
+    }
+
+    /// xDS address.
+    pub fn xds(&self) -> SocketAddr {
+        self.server.xds_address()
+    }
+
+    /// GET on the admin API; returns status and body.
+    pub async fn admin(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http(self.server.admin_address(), "GET", path).await
+    }
+
+    /// POST on the admin API.
+    pub async fn admin_post(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http(self.server.admin_address(), "POST", path).await
+    }
+
+    /// DELETE on the admin API.
+    pub async fn admin_delete(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http(self.server.admin_address(), "DELETE", path).await
+    }
+
+    /// `/debug/syncz` as JSON.
+    pub async fn syncz(&self) -> anyhow::Result<serde_json::Value> {
+        let (code, body) = self.admin("/debug/syncz").await?;
+        anyhow::ensure!(code == 200, "syncz: {code} {body}");
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// The syncz state of `node` for `t` (`cds`, ...), if connected.
+    pub async fn sync_state(
+        &self,
+        node: &str,
+        t: &str,
+    ) -> anyhow::Result<Option<serde_json::Value>> {
+        let z = self.syncz().await?;
+        Ok(z.as_array()
+            .and_then(|a| a.iter().rev().find(|p| p["node"] == node))
+            .map(|p| p["types"][t].clone()))
+    }
+}
+
+/// Minimal HTTP/1.1 request to a loopback server.
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting {addr}"))?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let resp = tokio::time::timeout(STEP, sender.send_request(req)).await??;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}

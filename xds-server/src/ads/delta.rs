@@ -76,6 +76,7 @@ pub async fn run(
         Err(status) => {
             cache.metrics.reject("transport");
             warn!(?peer, error = %status, "delta ads stream failed before its first request");
+            let _ = tx.send(Err(status)).await;
             return;
         }
     };

@@ -72,6 +72,7 @@ pub async fn run(
         Err(status) => {
             cache.metrics.reject("transport");
             warn!(?peer, error = %status, "ads stream failed before its first request");
+            let _ = tx.send(Err(status)).await;
             return;
         }
     };
