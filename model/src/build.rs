@@ -138,13 +138,16 @@ impl MeshBuilder {
             crate::mesh::RouteKind::Http => (0, "HTTPRoute"),
             crate::mesh::RouteKind::Grpc => (1, "GRPCRoute"),
         };
-        if self.routes.contains_key(&(kind_id, route.key.clone())) {
-            self.duplicate.get_or_insert(BuildError::Duplicate {
-                kind,
-                key: route.key.to_string(),
-            });
-        } else {
-            self.routes.insert((kind_id, route.key.clone()), route);
+        match self.routes.entry((kind_id, route.key.clone())) {
+            std::collections::btree_map::Entry::Occupied(_) => {
+                self.duplicate.get_or_insert(BuildError::Duplicate {
+                    kind,
+                    key: route.key.to_string(),
+                });
+            }
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(route);
+            }
         }
         self
     }
@@ -338,6 +341,28 @@ impl MeshBuilder {
             slices_by_service.entry(svc).or_default().push(slice);
         }
 
+        // Pods indexed by namespace and by (namespace, label, value), so selecting endpoints
+        // costs the size of the answer, not services x pods.
+        let pods: Vec<Arc<Workload>> = mesh
+            .workloads
+            .values()
+            .filter(|w| w.kind == WorkloadKind::Pod)
+            .cloned()
+            .collect();
+        let mut by_namespace: HashMap<&str, Vec<Arc<Workload>>> = HashMap::new();
+        let mut by_label: HashMap<(&str, &str, &str), Vec<Arc<Workload>>> = HashMap::new();
+        for w in &pods {
+            by_namespace
+                .entry(w.namespace.as_str())
+                .or_default()
+                .push(w.clone());
+            for (k, v) in &w.labels {
+                by_label
+                    .entry((w.namespace.as_str(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(w.clone());
+            }
+        }
         let mut out = BTreeMap::new();
         let services: Vec<Arc<Service>> = mesh.services.values().cloned().collect();
         for svc in services {
@@ -347,12 +372,20 @@ impl MeshBuilder {
                     self.endpoints_from_slice(mesh, &svc, slice, &mut eps);
                 }
             } else if let Some(selector) = &svc.selector {
-                for w in mesh.workloads.values() {
-                    if w.namespace != svc.key.namespace
-                        || w.kind != WorkloadKind::Pod
-                        || w.ips.is_empty()
-                        || !labels_match(selector, &w.labels)
-                    {
+                // Candidates: pods of the namespace carrying the selector's first label (or
+                // every pod of the namespace for an empty selector); then the full match.
+                let candidates: &[Arc<Workload>] = match selector.iter().next() {
+                    Some((k, v)) => by_label
+                        .get(&(svc.key.namespace.as_str(), k.as_str(), v.as_str()))
+                        .map(Vec::as_slice)
+                        .unwrap_or_default(),
+                    None => by_namespace
+                        .get(svc.key.namespace.as_str())
+                        .map(Vec::as_slice)
+                        .unwrap_or_default(),
+                };
+                for w in candidates {
+                    if w.ips.is_empty() || !labels_match(selector, &w.labels) {
                         continue;
                     }
                     for sp in &svc.ports {
@@ -369,7 +402,7 @@ impl MeshBuilder {
                 }
             }
             for list in eps.by_port.values_mut() {
-                list.sort_by(|a, b| (a.ip, a.port).cmp(&(b.ip, b.port)));
+                list.sort_by_key(|e| (e.ip, e.port));
                 list.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
             }
             out.insert(svc.key.clone(), Arc::new(eps));

@@ -9,7 +9,7 @@
 //! not change, which lets renderers cache by pointer.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::mesh::{
     AppProtocol, AuthorizationPolicy, Endpoint, Mesh, MtlsMode, ObjectKey, PolicyScope, Route,
@@ -46,6 +46,9 @@ pub struct ServiceView {
     pub ports: Vec<PortView>,
 }
 
+/// Service (`<namespace>/<hostname>`) -> (service port, target port) pairs.
+pub type ServicePortMap = BTreeMap<String, Vec<(u16, u16)>>;
+
 /// A workload as node agents see it: with the services it backs and the selector policies
 /// that pick it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +56,7 @@ pub struct WorkloadView {
     /// The workload.
     pub workload: Arc<Workload>,
     /// Service (`<namespace>/<hostname>`) -> (service port, target port) pairs.
-    pub services: BTreeMap<String, Vec<(u16, u16)>>,
+    pub services: ServicePortMap,
     /// Selector-scoped authorization policies (`<namespace>/<name>`) that apply to it.
     pub policies: Vec<String>,
 }
@@ -113,6 +116,15 @@ pub struct Compiler {
     workloads: Mutex<Option<Arc<Vec<Arc<WorkloadView>>>>>,
     previous_workloads: HashMap<String, Arc<WorkloadView>>,
     scopes: Mutex<HashMap<ScopeKey, Arc<Scope>>>,
+    backs: OnceLock<HashMap<String, Vec<Backing>>>,
+}
+
+/// One service port a workload is an endpoint of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Backing {
+    service: ObjectKey,
+    service_port: u16,
+    target_port: u16,
 }
 
 /// Compiles one proxy's view (convenience for a single proxy; servers keep a [`Compiler`]).
@@ -156,7 +168,31 @@ impl Compiler {
             workloads: Mutex::new(None),
             previous_workloads,
             scopes: Mutex::new(HashMap::new()),
+            backs: OnceLock::new(),
         }
+    }
+
+    /// Workload uid -> the service ports it backs, from the resolved endpoints; built once.
+    fn backs(&self) -> &HashMap<String, Vec<Backing>> {
+        self.backs.get_or_init(|| {
+            let mut out: HashMap<String, Vec<Backing>> = HashMap::new();
+            for (key, eps) in &self.mesh.endpoints {
+                for (port, list) in &eps.by_port {
+                    for ep in list {
+                        let b = Backing {
+                            service: key.clone(),
+                            service_port: *port,
+                            target_port: ep.port,
+                        };
+                        let entry = out.entry(ep.workload.clone()).or_default();
+                        if !entry.contains(&b) {
+                            entry.push(b);
+                        }
+                    }
+                }
+            }
+            out
+        })
     }
 
     /// The mesh this compiler reads.
@@ -204,33 +240,14 @@ impl Compiler {
             return w.clone();
         }
         let mesh = &self.mesh;
-        // service membership per workload, from the resolved endpoints
-        let mut backs: HashMap<&str, BTreeMap<String, Vec<(u16, u16)>>> = HashMap::new();
-        for (key, eps) in &mesh.endpoints {
-            let Some(svc) = mesh.services.get(key) else {
-                continue;
-            };
-            let svc_name = format!("{}/{}", key.namespace, svc.hostname);
-            for (port, list) in &eps.by_port {
-                for ep in list {
-                    let entry = backs
-                        .entry(ep.workload.as_str())
-                        .or_default()
-                        .entry(svc_name.clone())
-                        .or_default();
-                    if !entry.contains(&(*port, ep.port)) {
-                        entry.push((*port, ep.port));
-                    }
-                }
-            }
-        }
+        let backs = self.backs();
         let list: Vec<Arc<WorkloadView>> = mesh
             .workloads
             .values()
             .map(|w| {
                 let view = WorkloadView {
                     workload: w.clone(),
-                    services: backs.remove(w.uid.as_str()).unwrap_or_default(),
+                    services: service_ports(mesh, backs.get(&w.uid)),
                     policies: mesh
                         .policies
                         .values()
@@ -262,7 +279,7 @@ impl Compiler {
                     .cloned();
                 let (inbound, policies) = match &workload {
                     Some(w) => (
-                        inbound_ports(mesh, w),
+                        inbound_ports(mesh, w, self.backs().get(&w.uid)),
                         mesh.policies_for(w).cloned().collect(),
                     ),
                     None => (Vec::new(), Vec::new()),
@@ -350,28 +367,40 @@ fn service_view(mesh: &Mesh, svc: &Arc<Service>) -> ServiceView {
     }
 }
 
-fn inbound_ports(mesh: &Mesh, w: &Workload) -> Vec<InboundPort> {
-    let mut ports: BTreeMap<u16, InboundPort> = BTreeMap::new();
-    for (key, eps) in &mesh.endpoints {
-        let Some(svc) = mesh.services.get(key) else {
+fn service_ports(mesh: &Mesh, backs: Option<&Vec<Backing>>) -> ServicePortMap {
+    let mut out = ServicePortMap::new();
+    for b in backs.into_iter().flatten() {
+        let Some(svc) = mesh.services.get(&b.service) else {
             continue;
         };
-        for (sp, list) in &eps.by_port {
-            let Some(port) = svc.port(*sp) else { continue };
-            for ep in list.iter().filter(|e| e.workload == w.uid) {
-                let entry = ports.entry(ep.port).or_insert_with(|| InboundPort {
-                    port: ep.port,
-                    protocol: port.protocol,
-                    services: Vec::new(),
-                    mtls: mesh.mtls_mode(w, Some(ep.port)),
-                });
-                if !entry.protocol.is_http() && port.protocol.is_http() {
-                    entry.protocol = port.protocol;
-                }
-                if !entry.services.contains(key) {
-                    entry.services.push(key.clone());
-                }
-            }
+        out.entry(format!("{}/{}", b.service.namespace, svc.hostname))
+            .or_default()
+            .push((b.service_port, b.target_port));
+    }
+    out
+}
+
+fn inbound_ports(mesh: &Mesh, w: &Workload, backs: Option<&Vec<Backing>>) -> Vec<InboundPort> {
+    let mut ports: BTreeMap<u16, InboundPort> = BTreeMap::new();
+    for b in backs.into_iter().flatten() {
+        let Some(port) = mesh
+            .services
+            .get(&b.service)
+            .and_then(|s| s.port(b.service_port))
+        else {
+            continue;
+        };
+        let entry = ports.entry(b.target_port).or_insert_with(|| InboundPort {
+            port: b.target_port,
+            protocol: port.protocol,
+            services: Vec::new(),
+            mtls: mesh.mtls_mode(w, Some(b.target_port)),
+        });
+        if !entry.protocol.is_http() && port.protocol.is_http() {
+            entry.protocol = port.protocol;
+        }
+        if !entry.services.contains(&b.service) {
+            entry.services.push(b.service.clone());
         }
     }
     ports.into_values().collect()

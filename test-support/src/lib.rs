@@ -13,6 +13,7 @@ pub mod envoy;
 pub mod eventually;
 pub mod grpc_xds;
 pub mod manifests;
+pub mod synthetic;
 
 use std::path::PathBuf;
 

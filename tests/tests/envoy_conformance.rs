@@ -8,6 +8,8 @@
 //! are the ones users get. The tests take a shared lock: one Envoy at a time keeps timings
 //! honest on small CI machines.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

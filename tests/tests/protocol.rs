@@ -1,6 +1,8 @@
 //! ADS protocol behaviour against the real server, driven by fake clients that check protocol
 //! invariants on every response (nonce, version, type URL, duplicates).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{StreamError, Subscription, proxy_from_node, record_ack, record_nack, record_sent};
+use super::{
+    Sent, StreamError, Subscription, proxy_from_node, record_ack, record_nack, record_sent,
+};
 use crate::cache::{Connection, SnapshotCache};
 use crate::metrics::Variant;
 use crate::snapshot::{Resource, Snapshot};
@@ -296,13 +298,15 @@ impl Stream {
         record_sent(
             &self.cache,
             &self.conn,
-            t,
-            version.clone(),
-            &nonce,
-            upserts.len(),
-            bytes,
-            from_push.then_some(self.snapshot.changed_at),
-            Variant::Delta,
+            Sent {
+                t,
+                version: version.clone(),
+                nonce: &nonce,
+                resources: upserts.len(),
+                bytes,
+                changed_at: from_push.then_some(self.snapshot.changed_at),
+                variant: Variant::Delta,
+            },
         );
         debug!(
             type_url = t.short_name(),

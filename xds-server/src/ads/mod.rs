@@ -239,53 +239,6 @@ pub fn push_order() -> impl Iterator<Item = TypeUrl> {
     TypeUrl::ALL.into_iter()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sotw_subscription_rules() {
-        let mut s = Subscription::default();
-        assert!(s.sotw_update(true, &[]));
-        assert!(s.wildcard && s.legacy);
-        // still wildcard on later empty requests
-        assert!(!s.sotw_update(false, &[]));
-        assert!(s.wildcard);
-        // naming resources ends the legacy wildcard
-        assert!(s.sotw_update(false, &["a".into()]));
-        assert!(!s.wildcard);
-        assert!(s.wants("a") && !s.wants("b"));
-        // now an empty list unsubscribes everything
-        assert!(s.sotw_update(false, &[]));
-        assert!(!s.wildcard && s.names.is_empty());
-        // explicit wildcard plus names
-        assert!(s.sotw_update(false, &["*".into(), "x".into()]));
-        assert!(s.wildcard && s.names.contains("x"));
-    }
-
-    #[test]
-    fn delta_subscription_rules() {
-        let mut s = Subscription::default();
-        assert!(s.delta_update(true, &[], &[]));
-        assert!(s.wildcard && s.legacy);
-        let mut n = Subscription::default();
-        assert!(n.delta_update(true, &["a".into(), "b".into()], &[]));
-        assert!(!n.wildcard);
-        assert!(n.delta_update(false, &["*".into()], &["a".into()]));
-        assert!(n.wildcard && !n.names.contains("a") && n.names.contains("b"));
-        assert!(!n.delta_update(false, &[], &[]));
-        assert!(n.delta_update(false, &[], &["*".into()]));
-        assert!(!n.wildcard);
-    }
-
-    #[test]
-    fn versions_round_trip() {
-        let v = switchyard_model::hash::version_string(0xdead_beef);
-        assert_eq!(parse_version(&v), Some(0xdead_beef));
-        assert_eq!(parse_version("1"), None);
-    }
-}
-
 /// Records an ACK of `version` for `t` and observes convergence.
 pub(crate) fn record_ack(
     cache: &SnapshotCache,
@@ -345,18 +298,29 @@ pub(crate) fn record_nack(
     );
 }
 
+/// One response, as recorded.
+pub(crate) struct Sent<'a> {
+    pub t: TypeUrl,
+    pub version: String,
+    pub nonce: &'a str,
+    pub resources: usize,
+    pub bytes: usize,
+    /// When the change behind it was seen, for pushes (not for answers to requests).
+    pub changed_at: Option<std::time::Instant>,
+    pub variant: crate::metrics::Variant,
+}
+
 /// Records a response in the connection status and metrics.
-pub(crate) fn record_sent(
-    cache: &SnapshotCache,
-    conn: &crate::cache::Connection,
-    t: TypeUrl,
-    version: String,
-    nonce: &str,
-    resources: usize,
-    bytes: usize,
-    changed_at: Option<std::time::Instant>,
-    variant: crate::metrics::Variant,
-) {
+pub(crate) fn record_sent(cache: &SnapshotCache, conn: &crate::cache::Connection, sent: Sent<'_>) {
+    let Sent {
+        t,
+        version,
+        nonce,
+        resources,
+        bytes,
+        changed_at,
+        variant,
+    } = sent;
     conn.update_status(t, |s| {
         s.sent_version = Some(version);
         s.sent_nonce = Some(nonce.to_string());
@@ -376,4 +340,51 @@ pub(crate) fn record_sent(
             variant,
         })
         .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sotw_subscription_rules() {
+        let mut s = Subscription::default();
+        assert!(s.sotw_update(true, &[]));
+        assert!(s.wildcard && s.legacy);
+        // still wildcard on later empty requests
+        assert!(!s.sotw_update(false, &[]));
+        assert!(s.wildcard);
+        // naming resources ends the legacy wildcard
+        assert!(s.sotw_update(false, &["a".into()]));
+        assert!(!s.wildcard);
+        assert!(s.wants("a") && !s.wants("b"));
+        // now an empty list unsubscribes everything
+        assert!(s.sotw_update(false, &[]));
+        assert!(!s.wildcard && s.names.is_empty());
+        // explicit wildcard plus names
+        assert!(s.sotw_update(false, &["*".into(), "x".into()]));
+        assert!(s.wildcard && s.names.contains("x"));
+    }
+
+    #[test]
+    fn delta_subscription_rules() {
+        let mut s = Subscription::default();
+        assert!(s.delta_update(true, &[], &[]));
+        assert!(s.wildcard && s.legacy);
+        let mut n = Subscription::default();
+        assert!(n.delta_update(true, &["a".into(), "b".into()], &[]));
+        assert!(!n.wildcard);
+        assert!(n.delta_update(false, &["*".into()], &["a".into()]));
+        assert!(n.wildcard && !n.names.contains("a") && n.names.contains("b"));
+        assert!(!n.delta_update(false, &[], &[]));
+        assert!(n.delta_update(false, &[], &["*".into()]));
+        assert!(!n.wildcard);
+    }
+
+    #[test]
+    fn versions_round_trip() {
+        let v = switchyard_model::hash::version_string(0xdead_beef);
+        assert_eq!(parse_version(&v), Some(0xdead_beef));
+        assert_eq!(parse_version("1"), None);
+    }
 }

@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{StreamError, Subscription, proxy_from_node, record_ack, record_nack, record_sent};
+use super::{
+    Sent, StreamError, Subscription, proxy_from_node, record_ack, record_nack, record_sent,
+};
 use crate::cache::{Connection, SnapshotCache};
 use crate::metrics::Variant;
 use crate::snapshot::{Resource, Snapshot};
@@ -239,13 +241,15 @@ impl Stream {
         record_sent(
             &self.cache,
             &self.conn,
-            t,
-            version.clone(),
-            &nonce,
-            out.len(),
-            bytes,
-            (mode == Mode::Changed).then_some(self.snapshot.changed_at),
-            Variant::Sotw,
+            Sent {
+                t,
+                version: version.clone(),
+                nonce: &nonce,
+                resources: out.len(),
+                bytes,
+                changed_at: (mode == Mode::Changed).then_some(self.snapshot.changed_at),
+                variant: Variant::Sotw,
+            },
         );
         debug!(
             type_url = t.short_name(),

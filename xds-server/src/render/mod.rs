@@ -88,11 +88,18 @@ pub struct ServiceResources {
     workload: OnceLock<Arc<Resource>>,
 }
 
+/// Entries keyed by the address of the view they were rendered from; the entry holds the
+/// view so the address cannot be reused while cached.
+type ByView<V, R> = Mutex<HashMap<usize, (Arc<V>, R)>>;
+
+/// Per-type maps of one scope.
+type TypeMaps = Arc<BTreeMap<TypeUrl, Arc<ResourceMap>>>;
+
 /// Caches that live across generations.
 #[derive(Debug, Default)]
 pub struct RenderCache {
-    services: Mutex<HashMap<usize, (Arc<ServiceView>, Arc<ServiceResources>)>>,
-    workloads: Mutex<HashMap<usize, (Arc<WorkloadView>, Arc<Resource>)>>,
+    services: ByView<ServiceView, Arc<ServiceResources>>,
+    workloads: ByView<WorkloadView, Arc<Resource>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -166,7 +173,7 @@ pub struct Generation {
     changed_at: Instant,
     cache: Arc<RenderCache>,
     options: Arc<RenderOptions>,
-    scopes: Mutex<HashMap<(ScopeKey, Family), Arc<BTreeMap<TypeUrl, Arc<ResourceMap>>>>>,
+    scopes: Mutex<HashMap<(ScopeKey, Family), TypeMaps>>,
     listeners: Mutex<HashMap<(ScopeKey, IpAddr), Arc<ResourceMap>>>,
 }
 
@@ -205,11 +212,7 @@ impl Generation {
         self.changed_at
     }
 
-    fn scope_maps(
-        &self,
-        view: &ProxyView,
-        family: Family,
-    ) -> Arc<BTreeMap<TypeUrl, Arc<ResourceMap>>> {
+    fn scope_maps(&self, view: &ProxyView, family: Family) -> TypeMaps {
         let key = (view.scope.key.clone(), family);
         if let Some(s) = lock(&self.scopes).get(&key) {
             return s.clone();
