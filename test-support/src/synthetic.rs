@@ -28,8 +28,13 @@ impl Shape {
         format!("ns-{}", i % self.namespaces.max(1))
     }
 
-    /// Pod address of endpoint `j` of service `i` (10.<x>.<y>.<z>, unique up to 16M pods).
+    /// Pod address of endpoint `j` of service `i` (10.64-127.x.y for the shape's own pods,
+    /// 10.128-191.x.y for pods added beyond it; unique up to 4M pods).
     pub fn pod_ip(&self, i: usize, j: usize) -> Ipv4Addr {
+        if j >= self.endpoints {
+            let n = (i * 256 + (j - self.endpoints) + 1) as u32;
+            return Ipv4Addr::new(10, 128 + (n >> 16) as u8, (n >> 8) as u8, n as u8);
+        }
         let n = (i * self.endpoints + j + 1) as u32;
         Ipv4Addr::new(10, 64 + (n >> 16) as u8, (n >> 8) as u8, n as u8)
     }

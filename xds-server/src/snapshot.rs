@@ -147,6 +147,11 @@ impl TypeSnapshot {
         self.len() == 0
     }
 
+    /// The layers.
+    pub fn layers(&self) -> &[Arc<ResourceMap>] {
+        &self.layers
+    }
+
     /// Whether both hold the very same layers (cheap "nothing changed" test).
     pub fn same_layers(&self, other: &TypeSnapshot) -> bool {
         self.layers.len() == other.layers.len()

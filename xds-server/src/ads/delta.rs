@@ -10,7 +10,7 @@
 //!   applied whatever its nonce;
 //! * when a cluster changes, its ClusterLoadAssignment is sent again.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -19,42 +19,33 @@ use switchyard_protos::envoy::envoy::config::core::v3::ControlPlane;
 use switchyard_protos::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as PbResource,
 };
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::held::{Held, HeldSet};
 use super::{
-    Sent, StreamError, Subscription, proxy_from_node, record_ack, record_nack, record_sent,
+    Outbox, Sent, StreamError, Subscription, chunks, proxy_from_node, record_ack, record_nack,
+    record_sent,
 };
 use crate::cache::{Connection, SnapshotCache};
 use crate::metrics::Variant;
-use crate::snapshot::{Resource, Snapshot};
-
-/// What the client holds of one name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Held {
-    /// This version (or an unknown one, `u64::MAX`, when the client sent a version we did not
-    /// make).
-    Version(u64),
-    /// We told it the resource does not exist.
-    Absent,
-}
+use crate::snapshot::Snapshot;
 
 /// Responses a stream remembers for matching ACKs; older ones are answered by newer ones.
-const PENDING_LIMIT: usize = 16;
+const PENDING_LIMIT: usize = 64;
 
 #[derive(Debug, Default)]
 struct TypeState {
     sub: Subscription,
-    held: HashMap<Arc<str>, Held>,
+    held: HeldSet,
     pending: VecDeque<(String, String)>,
 }
 
 struct Stream {
     cache: Arc<SnapshotCache>,
     conn: Arc<Connection>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: Outbox<DeltaDiscoveryResponse>,
     types: BTreeMap<TypeUrl, TypeState>,
     snapshot: Arc<Snapshot>,
     nonce: u64,
@@ -64,7 +55,7 @@ struct Stream {
 pub async fn run(
     cache: Arc<SnapshotCache>,
     mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: Outbox<DeltaDiscoveryResponse>,
     peer: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) {
@@ -78,7 +69,7 @@ pub async fn run(
         Err(status) => {
             cache.metrics.reject("transport");
             warn!(?peer, error = %status, "delta ads stream failed before its first request");
-            let _ = tx.send(Err(status)).await;
+            let _ = tx.send(Err(Box::new(status))).await;
             return;
         }
     };
@@ -88,7 +79,7 @@ pub async fn run(
             let e = StreamError::from(e);
             cache.metrics.reject(e.reason());
             warn!(?peer, error = %e, "delta ads stream refused");
-            let _ = tx.send(Err(e.status())).await;
+            let _ = tx.send(Err(Box::new(e.status()))).await;
             return;
         }
     };
@@ -115,7 +106,11 @@ pub async fn run(
         Err(e) => {
             cache.metrics.reject(e.reason());
             warn!(error = %e, "delta ads stream ended with an error");
-            let _ = tx.try_send(Err(e.status()));
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                tx.send(Err(Box::new(e.status()))),
+            )
+            .await;
         }
     }
 }
@@ -129,7 +124,7 @@ impl Stream {
     ) -> Result<(), StreamError> {
         let mut snapshots = self.conn.subscribe();
         self.snapshot = snapshots.borrow_and_update().clone();
-        self.handle(first).await?;
+        Box::pin(self.handle(first)).await?;
         let cancel = self.conn.cancel.clone();
         loop {
             tokio::select! {
@@ -137,7 +132,7 @@ impl Stream {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = cancel.cancelled() => return Ok(()),
                 req = requests.message() => match req {
-                    Ok(Some(r)) => self.handle(r).await?,
+                    Ok(Some(r)) => Box::pin(self.handle(r)).await?,
                     Ok(None) => return Ok(()),
                     Err(status) => return Err(StreamError::Transport(status)),
                 },
@@ -148,7 +143,7 @@ impl Stream {
                     self.snapshot = snapshots.borrow_and_update().clone();
                     for t in super::push_order() {
                         if self.types.contains_key(&t) {
-                            self.respond(t, false, true).await?;
+                            Box::pin(self.respond(t, false, true)).await?;
                         }
                     }
                 }
@@ -162,8 +157,7 @@ impl Stream {
         let st = self.types.entry(t).or_default();
         if first {
             for (name, version) in &req.initial_resource_versions {
-                let v = super::parse_version(version).unwrap_or(u64::MAX);
-                st.held.insert(Arc::from(name.as_str()), Held::Version(v));
+                st.held.seed(name, super::parse_version(version));
             }
         }
         if !req.response_nonce.is_empty() {
@@ -196,12 +190,12 @@ impl Stream {
             &req.resource_names_unsubscribe,
         );
         for n in &req.resource_names_unsubscribe {
-            st.held.remove(n.as_str());
+            st.held.drop_name(n);
         }
-        // A re-subscribe asks for the resource again, whatever we think the client holds.
+        // A (re-)subscribe asks for the resource again, whatever we think the client holds.
         for n in &req.resource_names_subscribe {
             if !first && n != "*" {
-                st.held.remove(n.as_str());
+                st.held.forget(&Arc::from(n.as_str()));
             }
         }
         if changed {
@@ -209,7 +203,7 @@ impl Stream {
             self.conn.update_status(t, |s| s.subscription = desc);
         }
         if first || changed || !req.resource_names_subscribe.is_empty() {
-            self.respond(t, first, false).await?;
+            Box::pin(self.respond(t, first, false)).await?;
         }
         Ok(())
     }
@@ -224,105 +218,96 @@ impl Stream {
         let Some(st) = self.types.get_mut(&t) else {
             return Ok(());
         };
-        let mut upserts: Vec<&Arc<Resource>> = Vec::new();
-        let mut removed: Vec<String> = Vec::new();
-        if st.sub.wildcard {
-            upserts.extend(ts.iter());
-        }
-        for n in &st.sub.names {
-            match ts.get(n) {
-                Some(r) if !st.sub.wildcard => upserts.push(r),
-                Some(_) => {}
-                None => {
-                    if st.held.get(n.as_str()) != Some(&Held::Absent) {
-                        removed.push(n.clone());
-                    }
-                }
-            }
-        }
-        upserts.retain(|r| st.held.get(&r.name) != Some(&Held::Version(r.version)));
-        // Names the client holds that are gone (or no longer wanted under a wildcard).
-        for (n, h) in &st.held {
-            if matches!(h, Held::Version(_))
-                && ts.get(n).is_none()
-                && !removed.iter().any(|r| **r == **n)
-            {
-                removed.push(n.to_string());
-            }
-        }
-        if upserts.is_empty() && removed.is_empty() && !always {
+        let diff = st.held.diff(&st.sub, &ts);
+        if diff.is_empty() && !always {
+            // nothing to send; keep the base on the newest layers so later diffs stay cheap
+            st.held.commit(&st.sub, &ts);
             return Ok(());
         }
-        let mut resend_eds = Vec::new();
-        for r in &upserts {
-            if t == TypeUrl::Cluster && matches!(st.held.get(&r.name), Some(Held::Version(_))) {
-                resend_eds.push(r.name.clone());
-            }
-            st.held.insert(r.name.clone(), Held::Version(r.version));
-        }
-        for n in &removed {
-            if st.sub.names.contains(n) {
-                st.held.insert(Arc::from(n.as_str()), Held::Absent);
-            } else {
-                st.held.remove(n.as_str());
-            }
-        }
-        removed.sort();
-        self.nonce += 1;
-        let nonce = format!("{}-{}", self.conn.id, self.nonce);
-        let version = switchyard_model::hash::version_string(ts.version());
-        st.pending.push_back((nonce.clone(), version.clone()));
-        while st.pending.len() > PENDING_LIMIT {
-            st.pending.pop_front();
-        }
-        let bytes: usize = upserts.iter().map(|r| r.bytes.len()).sum();
-        let response = DeltaDiscoveryResponse {
-            system_version_info: self.snapshot.generation.to_string(),
-            resources: upserts
+        // Clusters that changed (not new ones) get their endpoints again after this, so the
+        // rebuilt cluster can finish warming.
+        let resend_eds: Vec<Arc<str>> = if t == TypeUrl::Cluster {
+            diff.upserts
                 .iter()
-                .map(|r| PbResource {
-                    name: r.name.to_string(),
-                    version: r.version_string(),
-                    resource: Some(r.to_any()),
-                    ..Default::default()
-                })
-                .collect(),
-            type_url: t.as_str().to_string(),
-            removed_resources: removed.clone(),
-            nonce: nonce.clone(),
-            control_plane: Some(ControlPlane {
-                identifier: crate::CONTROL_PLANE_ID.to_string(),
-            }),
-            ..Default::default()
+                .filter(|r| matches!(st.held.get(&st.sub, &r.name), Some(Held::Version(_))))
+                .map(|r| r.name.clone())
+                .collect()
+        } else {
+            Vec::new()
         };
-        record_sent(
-            &self.cache,
-            &self.conn,
-            Sent {
-                t,
-                version: version.clone(),
-                nonce: &nonce,
-                resources: upserts.len(),
-                bytes,
-                changed_at: from_push.then_some(self.snapshot.changed_at),
-                variant: Variant::Delta,
-            },
-        );
-        debug!(
-            type_url = t.short_name(),
-            nonce,
-            version,
-            resources = upserts.len(),
-            removed = removed.len(),
-            "sent"
-        );
-        if let Some(eds) = self.types.get_mut(&TypeUrl::ClusterLoadAssignment) {
-            for n in resend_eds {
-                eds.held.remove(&n);
+        st.held.commit(&st.sub, &ts);
+        let mut removed = diff.removed;
+        removed.extend(diff.missing);
+        removed.sort();
+        let version = switchyard_model::hash::version_string(ts.version());
+        // Large updates go out in several responses, each a complete delta; removals come
+        // last (make before break). Small responses keep per-stream encode buffers small.
+        let parts = chunks(&diff.upserts);
+        let last = parts.len() - 1;
+        for (i, part) in parts.into_iter().enumerate() {
+            let removed_here = if i == last {
+                std::mem::take(&mut removed)
+            } else {
+                Vec::new()
+            };
+            self.nonce += 1;
+            let nonce = format!("{}-{}", self.conn.id, self.nonce);
+            if let Some(st) = self.types.get_mut(&t) {
+                st.pending.push_back((nonce.clone(), version.clone()));
+                while st.pending.len() > PENDING_LIMIT {
+                    st.pending.pop_front();
+                }
+            }
+            let bytes: usize = part.iter().map(|r| r.bytes.len()).sum();
+            let response = DeltaDiscoveryResponse {
+                system_version_info: self.snapshot.generation.to_string(),
+                resources: part
+                    .iter()
+                    .map(|r| PbResource {
+                        name: r.name.to_string(),
+                        version: r.version_string(),
+                        resource: Some(r.to_any()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                type_url: t.as_str().to_string(),
+                removed_resources: removed_here.clone(),
+                nonce: nonce.clone(),
+                control_plane: Some(ControlPlane {
+                    identifier: crate::CONTROL_PLANE_ID.to_string(),
+                }),
+                ..Default::default()
+            };
+            record_sent(
+                &self.cache,
+                &self.conn,
+                Sent {
+                    t,
+                    version: version.clone(),
+                    nonce: &nonce,
+                    resources: part.len(),
+                    bytes,
+                    changed_at: from_push.then_some(self.snapshot.changed_at),
+                    variant: Variant::Delta,
+                },
+            );
+            debug!(
+                type_url = t.short_name(),
+                nonce,
+                version,
+                resources = part.len(),
+                removed = removed_here.len(),
+                "sent"
+            );
+            if self.tx.send(Ok(Box::new(response))).await.is_err() {
+                debug!("response dropped: client went away");
+                break;
             }
         }
-        if self.tx.send(Ok(response)).await.is_err() {
-            debug!("response dropped: client went away");
+        if let Some(eds) = self.types.get_mut(&TypeUrl::ClusterLoadAssignment) {
+            for n in &resend_eds {
+                eds.held.forget(n);
+            }
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use switchyard_model::ProxyId;
 use switchyard_model::proxy::ProxyMetadata;
 use switchyard_protos::envoy::envoy::config::core::v3::Node;
@@ -25,10 +25,21 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::cache::SnapshotCache;
 
 pub mod delta;
+pub mod held;
 pub mod sotw;
 
-/// Responses a stream may have queued for the transport before it waits.
-const STREAM_BUFFER: usize = 8;
+/// Responses a stream may have queued for the transport before it waits. One: the transport
+/// then encodes responses one at a time, which keeps its per-stream encode buffer at the size
+/// of one (chunked) response instead of the size of a burst.
+const STREAM_BUFFER: usize = 1;
+
+/// Where a stream task puts its responses. Boxed items keep the channel's slot blocks small
+/// (it allocates 32 slots per stream whatever its bound).
+pub(crate) type Outbox<T> = mpsc::Sender<Result<Box<T>, Box<Status>>>;
+
+fn unbox<T>(item: Result<Box<T>, Box<Status>>) -> Result<T, Status> {
+    item.map(|b| *b).map_err(|s| *s)
+}
 
 /// Why a stream ends with an error (as opposed to a rejected resource, which is a NACK).
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +220,7 @@ impl AggregatedDiscoveryService for AdsService {
         let cache = self.cache.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(sotw::run(cache, request.into_inner(), tx, peer, shutdown));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(unbox))))
     }
 
     async fn delta_aggregated_resources(
@@ -221,7 +232,7 @@ impl AggregatedDiscoveryService for AdsService {
         let cache = self.cache.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(delta::run(cache, request.into_inner(), tx, peer, shutdown));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(unbox))))
     }
 }
 
@@ -232,6 +243,32 @@ pub fn parse_version(v: &str) -> Option<u64> {
     } else {
         None
     }
+}
+
+/// Resources of one response stay under this many encoded bytes when they can (a single
+/// larger resource goes alone). Small responses keep each stream's encode buffer small: the
+/// transport keeps the largest buffer a stream ever needed for the stream's lifetime.
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024;
+
+/// Splits resources into responses of at most [`MAX_RESPONSE_BYTES`]; always at least one
+/// (possibly empty) part.
+pub fn chunks(
+    resources: &[Arc<crate::snapshot::Resource>],
+) -> Vec<&[Arc<crate::snapshot::Resource>]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut size = 0;
+    for (i, r) in resources.iter().enumerate() {
+        let len = r.bytes.len() + r.name.len() + 64;
+        if i > start && size + len > MAX_RESPONSE_BYTES {
+            out.push(&resources[start..i]);
+            start = i;
+            size = 0;
+        }
+        size += len;
+    }
+    out.push(&resources[start..]);
+    out
 }
 
 /// The order types are sent in.

@@ -11,7 +11,7 @@
 //! * when a cluster changes, its ClusterLoadAssignment is sent again so Envoy can finish
 //!   warming the new cluster.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -20,13 +20,14 @@ use switchyard_protos::envoy::envoy::config::core::v3::ControlPlane;
 use switchyard_protos::envoy::envoy::service::discovery::v3::{
     DiscoveryRequest, DiscoveryResponse,
 };
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::held::{Held, HeldSet};
 use super::{
-    Sent, StreamError, Subscription, proxy_from_node, record_ack, record_nack, record_sent,
+    Outbox, Sent, StreamError, Subscription, chunks, proxy_from_node, record_ack, record_nack,
+    record_sent,
 };
 use crate::cache::{Connection, SnapshotCache};
 use crate::metrics::Variant;
@@ -36,13 +37,13 @@ use crate::snapshot::{Resource, Snapshot};
 struct TypeState {
     sub: Subscription,
     nonce: Option<String>,
-    sent: HashMap<Arc<str>, u64>,
+    held: HeldSet,
 }
 
 struct Stream {
     cache: Arc<SnapshotCache>,
     conn: Arc<Connection>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: Outbox<DiscoveryResponse>,
     types: BTreeMap<TypeUrl, TypeState>,
     snapshot: Arc<Snapshot>,
     nonce: u64,
@@ -60,7 +61,7 @@ enum Mode {
 pub async fn run(
     cache: Arc<SnapshotCache>,
     mut requests: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: Outbox<DiscoveryResponse>,
     peer: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) {
@@ -74,7 +75,7 @@ pub async fn run(
         Err(status) => {
             cache.metrics.reject("transport");
             warn!(?peer, error = %status, "ads stream failed before its first request");
-            let _ = tx.send(Err(status)).await;
+            let _ = tx.send(Err(Box::new(status))).await;
             return;
         }
     };
@@ -84,7 +85,7 @@ pub async fn run(
             let e = StreamError::from(e);
             cache.metrics.reject(e.reason());
             warn!(?peer, error = %e, "ads stream refused");
-            let _ = tx.send(Err(e.status())).await;
+            let _ = tx.send(Err(Box::new(e.status()))).await;
             return;
         }
     };
@@ -111,7 +112,11 @@ pub async fn run(
         Err(e) => {
             cache.metrics.reject(e.reason());
             warn!(error = %e, "ads stream ended with an error");
-            let _ = tx.try_send(Err(e.status()));
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                tx.send(Err(Box::new(e.status()))),
+            )
+            .await;
         }
     }
 }
@@ -125,7 +130,7 @@ impl Stream {
     ) -> Result<(), StreamError> {
         let mut snapshots = self.conn.subscribe();
         self.snapshot = snapshots.borrow_and_update().clone();
-        self.handle(first).await?;
+        Box::pin(self.handle(first)).await?;
         let cancel = self.conn.cancel.clone();
         loop {
             tokio::select! {
@@ -133,7 +138,7 @@ impl Stream {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = cancel.cancelled() => return Ok(()),
                 req = requests.message() => match req {
-                    Ok(Some(r)) => self.handle(r).await?,
+                    Ok(Some(r)) => Box::pin(self.handle(r)).await?,
                     Ok(None) => return Ok(()),
                     Err(status) => return Err(StreamError::Transport(status)),
                 },
@@ -144,7 +149,7 @@ impl Stream {
                     self.snapshot = snapshots.borrow_and_update().clone();
                     for t in super::push_order() {
                         if self.types.contains_key(&t) {
-                            self.respond(t, Mode::Changed).await?;
+                            Box::pin(self.respond(t, Mode::Changed)).await?;
                         }
                     }
                 }
@@ -173,7 +178,7 @@ impl Stream {
             self.conn.update_status(t, |s| s.subscription = desc);
         }
         if first || changed {
-            self.respond(t, Mode::Requested).await?;
+            Box::pin(self.respond(t, Mode::Requested)).await?;
         }
         Ok(())
     }
@@ -183,89 +188,93 @@ impl Stream {
         let Some(st) = self.types.get_mut(&t) else {
             return Ok(());
         };
-        let wanted: Vec<&Arc<Resource>> = if st.sub.wildcard {
-            ts.iter().collect()
-        } else {
-            st.sub.names.iter().filter_map(|n| ts.get(n)).collect()
-        };
-        let changed: Vec<&Arc<Resource>> = wanted
-            .iter()
-            .copied()
-            .filter(|r| st.sent.get(&r.name) != Some(&r.version))
-            .collect();
-        let wanted_names: HashSet<&str> = wanted.iter().map(|r| &*r.name).collect();
-        let removed = st.sent.keys().any(|n| !wanted_names.contains(&**n));
-        let send_all = mode == Mode::Requested || t.is_full_state();
-        if mode == Mode::Changed && changed.is_empty() && !(t.is_full_state() && removed) {
+        let diff = st.held.diff(&st.sub, &ts);
+        if mode == Mode::Changed && diff.upserts.is_empty() && diff.removed.is_empty() {
+            st.held.commit(&st.sub, &ts);
             return Ok(());
         }
-        let out: Vec<&Arc<Resource>> = if send_all {
-            wanted.clone()
+        let wanted: Vec<Arc<Resource>> = if st.sub.wildcard {
+            ts.iter().cloned().collect()
         } else {
-            changed.clone()
+            st.sub
+                .names
+                .iter()
+                .filter_map(|n| ts.get(n))
+                .cloned()
+                .collect()
         };
         // Clusters that changed (not new ones: Envoy asks for those) get their endpoints
         // again, after this response, so the rebuilt cluster can finish warming.
-        let mut resend_eds = Vec::new();
-        if t == TypeUrl::Cluster {
-            for r in &changed {
-                if st.sent.contains_key(&r.name) {
-                    resend_eds.push(r.name.clone());
-                }
-            }
-        }
-        if send_all && t.is_full_state() {
-            st.sent.clear();
-        }
-        for r in &out {
-            st.sent.insert(r.name.clone(), r.version);
-        }
-        if t.is_full_state() {
-            st.sent.retain(|n, _| wanted_names.contains(&**n));
-        }
-        self.nonce += 1;
-        let nonce = format!("{}-{}", self.conn.id, self.nonce);
-        st.nonce = Some(nonce.clone());
-        let version = switchyard_model::hash::version_string(ts.version());
-        let bytes: usize = out.iter().map(|r| r.bytes.len()).sum();
-        let response = DiscoveryResponse {
-            version_info: version.clone(),
-            resources: out.iter().map(|r| r.to_any()).collect(),
-            type_url: t.as_str().to_string(),
-            nonce: nonce.clone(),
-            control_plane: Some(ControlPlane {
-                identifier: crate::CONTROL_PLANE_ID.to_string(),
-            }),
-            ..Default::default()
+        let resend_eds: Vec<Arc<str>> = if t == TypeUrl::Cluster {
+            diff.upserts
+                .iter()
+                .filter(|r| matches!(st.held.get(&st.sub, &r.name), Some(Held::Version(_))))
+                .map(|r| r.name.clone())
+                .collect()
+        } else {
+            Vec::new()
         };
-        record_sent(
-            &self.cache,
-            &self.conn,
-            Sent {
-                t,
-                version: version.clone(),
-                nonce: &nonce,
-                resources: out.len(),
-                bytes,
-                changed_at: (mode == Mode::Changed).then_some(self.snapshot.changed_at),
-                variant: Variant::Sotw,
-            },
-        );
-        debug!(
-            type_url = t.short_name(),
-            nonce,
-            version,
-            resources = out.len(),
-            "sent"
-        );
-        if let Some(eds) = self.types.get_mut(&TypeUrl::ClusterLoadAssignment) {
-            for n in resend_eds {
-                eds.sent.remove(&n);
+        st.held.commit(&st.sub, &ts);
+        // Full-state types go in one response (absence means deletion); EDS and RDS carry what
+        // changed (or everything asked for, on a request), in parts of bounded size.
+        let out: Vec<Arc<Resource>> = if mode == Mode::Requested || t.is_full_state() {
+            wanted
+        } else {
+            diff.upserts
+        };
+        let parts = if t.is_full_state() {
+            vec![out.as_slice()]
+        } else {
+            chunks(&out)
+        };
+        let version = switchyard_model::hash::version_string(ts.version());
+        for part in parts {
+            self.nonce += 1;
+            let nonce = format!("{}-{}", self.conn.id, self.nonce);
+            if let Some(st) = self.types.get_mut(&t) {
+                st.nonce = Some(nonce.clone());
+            }
+            let bytes: usize = part.iter().map(|r| r.bytes.len()).sum();
+            let response = DiscoveryResponse {
+                version_info: version.clone(),
+                resources: part.iter().map(|r| r.to_any()).collect(),
+                type_url: t.as_str().to_string(),
+                nonce: nonce.clone(),
+                control_plane: Some(ControlPlane {
+                    identifier: crate::CONTROL_PLANE_ID.to_string(),
+                }),
+                ..Default::default()
+            };
+            record_sent(
+                &self.cache,
+                &self.conn,
+                Sent {
+                    t,
+                    version: version.clone(),
+                    nonce: &nonce,
+                    resources: part.len(),
+                    bytes,
+                    changed_at: (mode == Mode::Changed).then_some(self.snapshot.changed_at),
+                    variant: Variant::Sotw,
+                },
+            );
+            debug!(
+                type_url = t.short_name(),
+                nonce,
+                version,
+                resources = part.len(),
+                "sent"
+            );
+            if self.tx.send(Ok(Box::new(response))).await.is_err() {
+                // The client is gone; the request loop will see the end of its stream.
+                debug!("response dropped: client went away");
+                break;
             }
         }
-        if self.tx.send(Ok(response)).await.is_err() {
-            // The client is gone; the request loop will see the end of its stream.
-            debug!("response dropped: client went away");
+        if let Some(eds) = self.types.get_mut(&TypeUrl::ClusterLoadAssignment) {
+            for n in &resend_eds {
+                eds.held.forget(n);
+            }
         }
         Ok(())
     }
