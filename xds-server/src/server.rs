@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use switchyard_model::Mesh;
-use switchyard_protos::envoy::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use switchyard_protos::envoy::envoy::service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,6 +18,7 @@ use tracing::{error, info};
 
 use crate::admin::{self, AdminState};
 use crate::ads::AdsService;
+use crate::ads::transport::AdsServer;
 use crate::cache::SnapshotCache;
 use crate::config::Config;
 use crate::csds::CsdsService;
@@ -131,9 +131,10 @@ impl Server {
         )));
 
         // gRPC: ADS + CSDS on one port
-        let ads =
-            AggregatedDiscoveryServiceServer::new(AdsService::new(cache.clone(), shutdown.clone()))
-                .max_decoding_message_size(config.max_request_bytes);
+        let ads = AdsServer::new(
+            AdsService::new(cache.clone(), shutdown.clone()),
+            config.max_request_bytes,
+        );
         let csds = ClientStatusDiscoveryServiceServer::new(CsdsService::new(cache.clone()))
             .max_decoding_message_size(config.max_request_bytes);
         let grpc_shutdown = shutdown.clone();

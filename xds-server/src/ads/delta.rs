@@ -45,7 +45,7 @@ struct TypeState {
 struct Stream {
     cache: Arc<SnapshotCache>,
     conn: Arc<Connection>,
-    tx: Outbox<DeltaDiscoveryResponse>,
+    tx: Outbox,
     types: BTreeMap<TypeUrl, TypeState>,
     snapshot: Arc<Snapshot>,
     nonce: u64,
@@ -54,8 +54,8 @@ struct Stream {
 /// Runs one delta stream to its end.
 pub async fn run(
     cache: Arc<SnapshotCache>,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: Outbox<DeltaDiscoveryResponse>,
+    mut requests: Streaming<Box<DeltaDiscoveryRequest>>,
+    tx: Outbox,
     peer: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) {
@@ -118,8 +118,8 @@ pub async fn run(
 impl Stream {
     async fn serve(
         &mut self,
-        first: DeltaDiscoveryRequest,
-        mut requests: Streaming<DeltaDiscoveryRequest>,
+        first: Box<DeltaDiscoveryRequest>,
+        mut requests: Streaming<Box<DeltaDiscoveryRequest>>,
         shutdown: CancellationToken,
     ) -> Result<(), StreamError> {
         let mut snapshots = self.conn.subscribe();
@@ -151,7 +151,7 @@ impl Stream {
         }
     }
 
-    async fn handle(&mut self, req: DeltaDiscoveryRequest) -> Result<(), StreamError> {
+    async fn handle(&mut self, req: Box<DeltaDiscoveryRequest>) -> Result<(), StreamError> {
         let t = TypeUrl::parse(&req.type_url)?;
         let first = !self.types.contains_key(&t);
         let st = self.types.entry(t).or_default();
@@ -299,7 +299,7 @@ impl Stream {
                 removed = removed_here.len(),
                 "sent"
             );
-            if self.tx.send(Ok(Box::new(response))).await.is_err() {
+            if self.tx.send(super::encode(&response)).await.is_err() {
                 debug!("response dropped: client went away");
                 break;
             }
@@ -310,5 +310,31 @@ impl Stream {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard_protos::envoy::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+
+    /// Every connected proxy holds one stream task; its size is per-proxy memory at 10,000
+    /// proxies. Requests are boxed and handlers run boxed so the task stays small.
+    #[test]
+    fn stream_task_stays_small() {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let cache = std::sync::Arc::new(crate::cache::SnapshotCache::new(
+            std::sync::Arc::new(switchyard_model::Mesh::default()),
+            Default::default(),
+            std::sync::Arc::new(crate::metrics::Metrics::new(&mut Default::default())),
+        ));
+        let streaming = tonic::Streaming::<Box<DeltaDiscoveryRequest>>::new_request(
+            super::super::transport::RequestDecoder::<DeltaDiscoveryRequest>::default(),
+            tonic::body::Body::empty(),
+            None,
+            None,
+        );
+        let task = super::run(cache, streaming, tx, None, Default::default());
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 3072, "delta stream task is {size} bytes");
     }
 }

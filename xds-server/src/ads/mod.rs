@@ -6,39 +6,40 @@
 //! sends types in make-before-break order (CDS, EDS, LDS, RDS, then the workload API).
 
 use std::collections::BTreeSet;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
 use switchyard_model::ProxyId;
 use switchyard_model::proxy::ProxyMetadata;
 use switchyard_protos::envoy::envoy::config::core::v3::Node;
 use switchyard_protos::envoy::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    aggregated_discovery_service_server::AggregatedDiscoveryService,
+    DeltaDiscoveryRequest, DiscoveryRequest,
 };
 use switchyard_protos::{TypeUrl, wkt};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
 use crate::cache::SnapshotCache;
 
 pub mod delta;
 pub mod held;
 pub mod sotw;
+pub mod transport;
 
 /// Responses a stream may have queued for the transport before it waits. One: the transport
 /// then encodes responses one at a time, which keeps its per-stream encode buffer at the size
 /// of one (chunked) response instead of the size of a burst.
 const STREAM_BUFFER: usize = 1;
 
-/// Where a stream task puts its responses. Boxed items keep the channel's slot blocks small
-/// (it allocates 32 slots per stream whatever its bound).
-pub(crate) type Outbox<T> = mpsc::Sender<Result<Box<T>, Box<Status>>>;
+/// One encoded response, or the status that ends the stream (boxed: the channel allocates 32
+/// slots per stream whatever its bound, so items are kept small).
+pub(crate) type OutItem = Result<tonic::codegen::Bytes, Box<Status>>;
 
-fn unbox<T>(item: Result<Box<T>, Box<Status>>) -> Result<T, Status> {
-    item.map(|b| *b).map_err(|s| *s)
+/// Where a stream task puts its responses.
+pub(crate) type Outbox = mpsc::Sender<OutItem>;
+
+/// Encodes a response into one exact-size buffer.
+pub(crate) fn encode<M: prost::Message>(m: &M) -> OutItem {
+    Ok(tonic::codegen::Bytes::from(m.encode_to_vec()))
 }
 
 /// Why a stream ends with an error (as opposed to a rejected resource, which is a NACK).
@@ -204,35 +205,39 @@ impl AdsService {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
+impl AdsService {
+    /// Starts a SotW stream task; returns its responses.
+    pub fn start_sotw(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        request: Request<Streaming<Box<DiscoveryRequest>>>,
+    ) -> mpsc::Receiver<OutItem> {
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let cache = self.cache.clone();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(sotw::run(cache, request.into_inner(), tx, peer, shutdown));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(unbox))))
+        tokio::spawn(sotw::run(
+            self.cache.clone(),
+            request.into_inner(),
+            tx,
+            peer,
+            self.shutdown.clone(),
+        ));
+        rx
     }
 
-    async fn delta_aggregated_resources(
+    /// Starts a delta stream task; returns its responses.
+    pub fn start_delta(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        request: Request<Streaming<Box<DeltaDiscoveryRequest>>>,
+    ) -> mpsc::Receiver<OutItem> {
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let cache = self.cache.clone();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(delta::run(cache, request.into_inner(), tx, peer, shutdown));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(unbox))))
+        tokio::spawn(delta::run(
+            self.cache.clone(),
+            request.into_inner(),
+            tx,
+            peer,
+            self.shutdown.clone(),
+        ));
+        rx
     }
 }
 

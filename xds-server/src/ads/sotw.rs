@@ -43,7 +43,7 @@ struct TypeState {
 struct Stream {
     cache: Arc<SnapshotCache>,
     conn: Arc<Connection>,
-    tx: Outbox<DiscoveryResponse>,
+    tx: Outbox,
     types: BTreeMap<TypeUrl, TypeState>,
     snapshot: Arc<Snapshot>,
     nonce: u64,
@@ -60,8 +60,8 @@ enum Mode {
 /// Runs one SotW stream to its end.
 pub async fn run(
     cache: Arc<SnapshotCache>,
-    mut requests: Streaming<DiscoveryRequest>,
-    tx: Outbox<DiscoveryResponse>,
+    mut requests: Streaming<Box<DiscoveryRequest>>,
+    tx: Outbox,
     peer: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) {
@@ -124,8 +124,8 @@ pub async fn run(
 impl Stream {
     async fn serve(
         &mut self,
-        first: DiscoveryRequest,
-        mut requests: Streaming<DiscoveryRequest>,
+        first: Box<DiscoveryRequest>,
+        mut requests: Streaming<Box<DiscoveryRequest>>,
         shutdown: CancellationToken,
     ) -> Result<(), StreamError> {
         let mut snapshots = self.conn.subscribe();
@@ -157,7 +157,7 @@ impl Stream {
         }
     }
 
-    async fn handle(&mut self, req: DiscoveryRequest) -> Result<(), StreamError> {
+    async fn handle(&mut self, req: Box<DiscoveryRequest>) -> Result<(), StreamError> {
         let t = TypeUrl::parse(&req.type_url)?;
         let first = !self.types.contains_key(&t);
         let st = self.types.entry(t).or_default();
@@ -265,7 +265,7 @@ impl Stream {
                 resources = part.len(),
                 "sent"
             );
-            if self.tx.send(Ok(Box::new(response))).await.is_err() {
+            if self.tx.send(super::encode(&response)).await.is_err() {
                 // The client is gone; the request loop will see the end of its stream.
                 debug!("response dropped: client went away");
                 break;
