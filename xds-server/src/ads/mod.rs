@@ -37,9 +37,9 @@ pub(crate) type OutItem = Result<tonic::codegen::Bytes, Box<Status>>;
 /// Where a stream task puts its responses.
 pub(crate) type Outbox = mpsc::Sender<OutItem>;
 
-/// Encodes a response into one exact-size buffer.
+/// Encodes and frames a response into one exact-size buffer.
 pub(crate) fn encode<M: prost::Message>(m: &M) -> OutItem {
-    Ok(tonic::codegen::Bytes::from(m.encode_to_vec()))
+    Ok(transport::frame(m))
 }
 
 /// Why a stream ends with an error (as opposed to a rejected resource, which is a NACK).

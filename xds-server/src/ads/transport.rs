@@ -1,9 +1,12 @@
-//! The ADS gRPC service, written against tonic's server API instead of the generated one so
-//! it can use its own codec: responses are encoded by the stream task into one exact-size
-//! buffer and handed to the transport as bytes. With the generated prost codec the transport
-//! grows a per-stream buffer while encoding and keeps it for the stream's lifetime (the size of
-//! the largest response the stream ever sent); at 10,000 streams that alone cost gigabytes.
-//! Requests are decoded with prost as usual, from a small initial buffer.
+//! The ADS gRPC endpoint, written against `http`/`http-body` rather than tonic's generated
+//! server: the stream task encodes each response into one exact-size, already framed buffer
+//! and the response body hands those buffers to HTTP/2 as they are.
+//!
+//! Why: tonic's response encoder keeps one growable buffer per stream for the stream's whole
+//! life, sized by the largest response the stream ever sent (a sidecar's route table). At
+//! 10,000 streams that buffer alone was most of the server's memory. Here a response's bytes
+//! are freed as soon as HTTP/2 has written them. Requests are still decoded by tonic's
+//! `Streaming` (prost), from a small initial buffer, into boxed messages.
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -11,18 +14,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::{Stream, StreamExt};
+use http_body::Frame;
 use prost::Message;
 use switchyard_protos::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest,
 };
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, DecodeBuf, Decoder};
 use tonic::codegen::{Bytes, http};
-use tonic::server::{Grpc, NamedService, StreamingService};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::metadata::MetadataMap;
+use tonic::server::NamedService;
+use tonic::{Request, Status, Streaming};
 
-use super::AdsService;
+use super::{AdsService, OutItem};
 
 /// gRPC service name.
 pub const SERVICE_NAME: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
@@ -31,40 +34,22 @@ const SOTW_PATH: &str =
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
-/// Initial decode buffer: discovery requests are small; larger ones grow it.
+/// Initial request decode buffer: discovery requests are small; larger ones grow it.
 const DECODE_BUFFER: usize = 1024;
 
-/// A codec whose responses are already-encoded messages and whose requests are `Req`.
-#[derive(Debug)]
-pub struct PreEncodedCodec<Req>(PhantomData<fn() -> Req>);
-
-impl<Req> Default for PreEncodedCodec<Req> {
-    fn default() -> Self {
-        PreEncodedCodec(PhantomData)
-    }
+/// Frames an encoded message for gRPC: flag byte 0 (uncompressed), 4-byte length, message.
+pub fn frame<M: Message>(m: &M) -> Bytes {
+    let len = m.encoded_len();
+    let mut buf = Vec::with_capacity(5 + len);
+    buf.push(0);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    // Writing into a Vec with enough capacity cannot fail.
+    let _ = m.encode(&mut buf);
+    Bytes::from(buf)
 }
 
-/// Writes pre-encoded bytes with one copy.
-#[derive(Debug, Default)]
-pub struct BytesEncoder;
-
-impl Encoder for BytesEncoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        use bytes::BufMut;
-        buf.put_slice(&item);
-        Ok(())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        // Start empty: the first response sizes the buffer exactly (one put_slice).
-        BufferSettings::new(0, 32 * 1024)
-    }
-}
-
-/// Decodes `Req` with prost.
+/// Decodes requests into boxed messages: a discovery request is ~600 bytes inline, and every
+/// await point of a stream task holding one would reserve that much per stream.
 #[derive(Debug)]
 pub struct RequestDecoder<Req>(PhantomData<fn() -> Req>);
 
@@ -74,8 +59,6 @@ impl<Req> Default for RequestDecoder<Req> {
     }
 }
 
-/// Requests are boxed: a discovery request is ~600 bytes inline, and every await point of a
-/// stream task that holds one would reserve that much per stream.
 impl<Req: Message + Default> Decoder for RequestDecoder<Req> {
     type Item = Box<Req>;
     type Error = Status;
@@ -91,23 +74,45 @@ impl<Req: Message + Default> Decoder for RequestDecoder<Req> {
     }
 }
 
-impl<Req: Message + Default + Send + 'static> Codec for PreEncodedCodec<Req> {
-    type Encode = Bytes;
-    type Decode = Box<Req>;
-    type Encoder = BytesEncoder;
-    type Decoder = RequestDecoder<Req>;
-
-    fn encoder(&mut self) -> BytesEncoder {
-        BytesEncoder
-    }
-
-    fn decoder(&mut self) -> RequestDecoder<Req> {
-        RequestDecoder(PhantomData)
-    }
+/// The response body: framed messages from the stream task, then gRPC trailers.
+struct ResponseBody {
+    rx: tokio::sync::mpsc::Receiver<OutItem>,
+    done: bool,
 }
 
-type BytesStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send + 'static>>;
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+fn trailers(status: &Status) -> Frame<Bytes> {
+    let mut headers = http::HeaderMap::new();
+    if status.add_header(&mut headers).is_err() {
+        headers.insert("grpc-status", http::HeaderValue::from_static("13"));
+    }
+    Frame::trailers(headers)
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(bytes))) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+            Poll::Ready(Some(Err(status))) => {
+                self.done = true;
+                Poll::Ready(Some(Ok(trailers(&status))))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Ok(trailers(&Status::ok("")))))
+            }
+        }
+    }
+}
 
 /// The tower service tonic's router serves.
 #[derive(Debug, Clone)]
@@ -130,38 +135,37 @@ impl NamedService for AdsServer {
     const NAME: &'static str = SERVICE_NAME;
 }
 
-struct Sotw(Arc<AdsService>);
-struct Delta(Arc<AdsService>);
-
-fn outbox_stream(rx: tokio::sync::mpsc::Receiver<super::OutItem>) -> BytesStream {
-    Box::pin(ReceiverStream::new(rx).map(|item| item.map_err(|s| *s)))
+fn grpc_response(rx: tokio::sync::mpsc::Receiver<OutItem>) -> http::Response<tonic::body::Body> {
+    let mut response =
+        http::Response::new(tonic::body::Body::new(ResponseBody { rx, done: false }));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
 }
 
-impl StreamingService<Box<DiscoveryRequest>> for Sotw {
-    type Response = Bytes;
-    type ResponseStream = BytesStream;
-    type Future = BoxFuture<Result<Response<BytesStream>, Status>>;
-
-    fn call(&mut self, request: Request<Streaming<Box<DiscoveryRequest>>>) -> Self::Future {
-        let ads = self.0.clone();
-        Box::pin(async move { Ok(Response::new(outbox_stream(ads.start_sotw(request)))) })
-    }
+fn request<B, Req>(req: http::Request<B>, limit: usize) -> Request<Streaming<Box<Req>>>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    Req: Message + Default + Send + 'static,
+{
+    let (parts, body) = req.into_parts();
+    let streaming =
+        Streaming::new_request(RequestDecoder::<Req>::default(), body, None, Some(limit));
+    Request::from_parts(
+        MetadataMap::from_headers(parts.headers),
+        parts.extensions,
+        streaming,
+    )
 }
 
-impl StreamingService<Box<DeltaDiscoveryRequest>> for Delta {
-    type Response = Bytes;
-    type ResponseStream = BytesStream;
-    type Future = BoxFuture<Result<Response<BytesStream>, Status>>;
-
-    fn call(&mut self, request: Request<Streaming<Box<DeltaDiscoveryRequest>>>) -> Self::Future {
-        let ads = self.0.clone();
-        Box::pin(async move { Ok(Response::new(outbox_stream(ads.start_delta(request)))) })
-    }
-}
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
 
 impl<B> tonic::codegen::Service<http::Request<B>> for AdsServer
 where
-    B: tonic::codegen::Body + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -175,18 +179,13 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let ads = self.ads.clone();
         let limit = self.max_request_bytes;
-        match req.uri().path() {
-            SOTW_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(PreEncodedCodec::<DiscoveryRequest>::default())
-                    .max_decoding_message_size(limit);
-                Ok(grpc.streaming(Sotw(ads), req).await)
-            }),
-            DELTA_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(PreEncodedCodec::<DeltaDiscoveryRequest>::default())
-                    .max_decoding_message_size(limit);
-                Ok(grpc.streaming(Delta(ads), req).await)
-            }),
-            _ => Box::pin(async move { Ok(Status::unimplemented("no such method").into_http()) }),
-        }
+        let response = match req.uri().path() {
+            SOTW_PATH => grpc_response(ads.start_sotw(request::<B, DiscoveryRequest>(req, limit))),
+            DELTA_PATH => {
+                grpc_response(ads.start_delta(request::<B, DeltaDiscoveryRequest>(req, limit)))
+            }
+            _ => Status::unimplemented("no such method").into_http(),
+        };
+        Box::pin(async move { Ok(response) })
     }
 }
