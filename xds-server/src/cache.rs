@@ -171,6 +171,8 @@ pub struct SnapshotCache {
     options: Arc<RenderOptions>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Layer comparisons shared by streams.
+    pub layer_diffs: crate::snapshot::LayerDiffs,
     hooks: Mutex<TestHooks>,
 }
 
@@ -199,6 +201,7 @@ impl SnapshotCache {
             render_cache,
             options,
             metrics,
+            layer_diffs: Default::default(),
             hooks: Mutex::new(TestHooks::default()),
         }
     }
@@ -295,6 +298,7 @@ impl SnapshotCache {
         ));
         self.current.store(generation.clone());
         drop(previous);
+        self.layer_diffs.clear();
         let mut stats = PushStats::default();
         for conn in self.connections() {
             stats.proxies += 1;

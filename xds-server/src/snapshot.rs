@@ -252,3 +252,74 @@ impl Snapshot {
         crate::render::check::consistency(self)
     }
 }
+
+/// What changed between two versions of a layer.
+#[derive(Debug, Default)]
+pub struct LayerDiff {
+    /// Resources new in, or changed in, the newer layer.
+    pub changed: Vec<Arc<Resource>>,
+    /// Names in the older layer only.
+    pub removed: Vec<Arc<str>>,
+}
+
+impl LayerDiff {
+    /// Compares two layers.
+    pub fn between(old: &ResourceMap, new: &ResourceMap) -> Self {
+        let changed = new
+            .iter()
+            .filter(|r| old.get(&r.name).is_none_or(|o| o.version != r.version))
+            .cloned()
+            .collect();
+        let removed = old
+            .iter()
+            .filter(|r| new.get(&r.name).is_none())
+            .map(|r| r.name.clone())
+            .collect();
+        LayerDiff { changed, removed }
+    }
+}
+
+/// Layer comparisons shared by every stream: after a push thousands of streams compare the
+/// same two versions of a scope's layer; the first computes, the rest reuse. Entries hold
+/// both layers, so their addresses stay unique while cached.
+#[derive(Debug, Default)]
+pub struct LayerDiffs {
+    cache: std::sync::Mutex<
+        std::collections::HashMap<
+            (usize, usize),
+            (Arc<ResourceMap>, Arc<ResourceMap>, Arc<LayerDiff>),
+        >,
+    >,
+}
+
+/// Entries beyond this are dropped wholesale (a new push makes old pairs useless anyway).
+const LAYER_DIFF_LIMIT: usize = 4096;
+
+impl LayerDiffs {
+    /// The diff between `old` and `new`.
+    pub fn get(&self, old: &Arc<ResourceMap>, new: &Arc<ResourceMap>) -> Arc<LayerDiff> {
+        let key = (Arc::as_ptr(old) as usize, Arc::as_ptr(new) as usize);
+        {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, _, d)) = cache.get(&key) {
+                return d.clone();
+            }
+        }
+        let d = Arc::new(LayerDiff::between(old, new));
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= LAYER_DIFF_LIMIT {
+            cache.clear();
+        }
+        cache
+            .entry(key)
+            .or_insert_with(|| (old.clone(), new.clone(), d))
+            .2
+            .clone()
+    }
+
+    /// Forgets every comparison (after a push: pairs of older generations are not asked for
+    /// again, and holding them would keep old layers alive).
+    pub fn clear(&self) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}

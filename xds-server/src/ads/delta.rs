@@ -218,7 +218,7 @@ impl Stream {
         let Some(st) = self.types.get_mut(&t) else {
             return Ok(());
         };
-        let diff = st.held.diff(&st.sub, &ts);
+        let diff = st.held.diff(&st.sub, &ts, &self.cache.layer_diffs);
         if diff.is_empty() && !always {
             // nothing to send; keep the base on the newest layers so later diffs stay cheap
             st.held.commit(&st.sub, &ts);

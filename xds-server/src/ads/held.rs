@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::Subscription;
-use crate::snapshot::{Resource, TypeSnapshot};
+use crate::snapshot::{LayerDiff, LayerDiffs, Resource, TypeSnapshot};
 
 /// An exception to the base snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +75,9 @@ impl HeldSet {
         self.extra.insert(Arc::from(name), Held::Dropped);
     }
 
-    /// What to send to bring the client to `ts`.
-    pub fn diff(&self, sub: &Subscription, ts: &TypeSnapshot) -> Diff {
+    /// What to send to bring the client to `ts`. `layers` shares the comparison of two
+    /// versions of a layer between every stream that needs it.
+    pub fn diff(&self, sub: &Subscription, ts: &TypeSnapshot, layers: &LayerDiffs) -> Diff {
         let mut d = Diff::default();
         let mut seen: HashSet<&str> = HashSet::new();
         let same_shape = self.base.layers().len() == ts.layers().len();
@@ -90,15 +91,15 @@ impl HeldSet {
                 if Arc::ptr_eq(old, new) {
                     continue;
                 }
-                for r in new.iter() {
+                let ld: std::sync::Arc<LayerDiff> = layers.get(old, new);
+                for r in &ld.changed {
                     consider_new(r, &mut d);
-                    seen.insert(&r.name);
                 }
-                for r in old.iter() {
-                    if ts.get(&r.name).is_none()
-                        && matches!(self.get(sub, &r.name), Some(Held::Version(_) | Held::Stale))
+                for name in &ld.removed {
+                    if ts.get(name).is_none()
+                        && matches!(self.get(sub, name), Some(Held::Version(_) | Held::Stale))
                     {
-                        d.removed.push(r.name.to_string());
+                        d.removed.push(name.to_string());
                     }
                 }
             }
@@ -193,9 +194,12 @@ mod tests {
             ..Default::default()
         };
         let mut h = HeldSet::default();
-        assert_eq!(names(&h.diff(&sub, &s1)), vec!["a", "b", "x"]);
+        assert_eq!(
+            names(&h.diff(&sub, &s1, &LayerDiffs::default())),
+            vec!["a", "b", "x"]
+        );
         h.commit(&sub, &s1);
-        assert!(h.diff(&sub, &s1).is_empty());
+        assert!(h.diff(&sub, &s1, &LayerDiffs::default()).is_empty());
         // b changes, a stays, c appears; own layer untouched
         let shared2 = Arc::new(ResourceMap::new([
             res("a", "1"),
@@ -203,7 +207,7 @@ mod tests {
             res("c", "1"),
         ]));
         let s2 = snap(vec![shared2, own.clone()]);
-        let d = h.diff(&sub, &s2);
+        let d = h.diff(&sub, &s2, &LayerDiffs::default());
         assert_eq!(names(&d), vec!["b", "c"]);
         assert!(d.removed.is_empty());
         h.commit(&sub, &s2);
@@ -212,7 +216,7 @@ mod tests {
             Arc::new(ResourceMap::new([res("b", "2"), res("c", "1")])),
             own,
         ]);
-        let d = h.diff(&sub, &s3);
+        let d = h.diff(&sub, &s3, &LayerDiffs::default());
         assert!(d.upserts.is_empty());
         assert_eq!(d.removed, vec!["a".to_string()]);
     }
@@ -231,14 +235,17 @@ mod tests {
         let mut h = HeldSet::default();
         h.seed("a", Some(a_version));
         h.seed("gone", Some(7));
-        let d = h.diff(&sub, &s);
+        let d = h.diff(&sub, &s, &LayerDiffs::default());
         assert_eq!(names(&d), vec!["b"], "a is held at its version");
         assert_eq!(d.removed, vec!["gone".to_string()]);
         assert_eq!(d.missing, vec!["nope".to_string()]);
         h.commit(&sub, &s);
-        assert!(h.diff(&sub, &s).is_empty(), "missing names are told once");
+        assert!(
+            h.diff(&sub, &s, &LayerDiffs::default()).is_empty(),
+            "missing names are told once"
+        );
         h.forget(&Arc::from("a"));
-        assert_eq!(names(&h.diff(&sub, &s)), vec!["a"]);
+        assert_eq!(names(&h.diff(&sub, &s, &LayerDiffs::default())), vec!["a"]);
     }
 
     #[test]
@@ -258,7 +265,7 @@ mod tests {
         assert_eq!(h.get(&sub, "b"), None);
         sub.names.insert("b".into());
         assert_eq!(
-            names(&h.diff(&sub, &s)),
+            names(&h.diff(&sub, &s, &LayerDiffs::default())),
             vec!["b"],
             "re-subscribing sends it again"
         );

@@ -188,7 +188,7 @@ impl Stream {
         let Some(st) = self.types.get_mut(&t) else {
             return Ok(());
         };
-        let diff = st.held.diff(&st.sub, &ts);
+        let diff = st.held.diff(&st.sub, &ts, &self.cache.layer_diffs);
         if mode == Mode::Changed && diff.upserts.is_empty() && diff.removed.is_empty() {
             st.held.commit(&st.sub, &ts);
             return Ok(());
