@@ -284,13 +284,11 @@ impl LayerDiff {
 /// both layers, so their addresses stay unique while cached.
 #[derive(Debug, Default)]
 pub struct LayerDiffs {
-    cache: std::sync::Mutex<
-        std::collections::HashMap<
-            (usize, usize),
-            (Arc<ResourceMap>, Arc<ResourceMap>, Arc<LayerDiff>),
-        >,
-    >,
+    cache: std::sync::Mutex<std::collections::HashMap<(usize, usize), LayerPair>>,
 }
+
+/// A cached comparison with the two layers it compared.
+type LayerPair = (Arc<ResourceMap>, Arc<ResourceMap>, Arc<LayerDiff>);
 
 /// Entries beyond this are dropped wholesale (a new push makes old pairs useless anyway).
 const LAYER_DIFF_LIMIT: usize = 4096;
