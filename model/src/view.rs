@@ -117,6 +117,7 @@ pub struct Compiler {
     previous_workloads: HashMap<String, Arc<WorkloadView>>,
     scopes: Mutex<HashMap<ScopeKey, Arc<Scope>>>,
     backs: OnceLock<HashMap<String, Vec<Backing>>>,
+    by_node: OnceLock<HashMap<String, Vec<Arc<Workload>>>>,
 }
 
 /// One service port a workload is an endpoint of.
@@ -169,7 +170,21 @@ impl Compiler {
             previous_workloads,
             scopes: Mutex::new(HashMap::new()),
             backs: OnceLock::new(),
+            by_node: OnceLock::new(),
         }
+    }
+
+    /// Workloads by node name; built once.
+    fn by_node(&self) -> &HashMap<String, Vec<Arc<Workload>>> {
+        self.by_node.get_or_init(|| {
+            let mut out: HashMap<String, Vec<Arc<Workload>>> = HashMap::new();
+            for w in self.mesh.workloads.values() {
+                if let Some(n) = &w.node {
+                    out.entry(n.clone()).or_default().push(w.clone());
+                }
+            }
+            out
+        })
     }
 
     /// Workload uid -> the service ports it backs, from the resolved endpoints; built once.
@@ -296,12 +311,8 @@ impl Compiler {
                 }
             }
             ProxyRole::Node { name } => {
-                let node_workloads: Vec<Arc<Workload>> = mesh
-                    .workloads
-                    .values()
-                    .filter(|w| w.node.as_deref() == Some(name.as_str()))
-                    .cloned()
-                    .collect();
+                let node_workloads: Vec<Arc<Workload>> =
+                    self.by_node().get(name).cloned().unwrap_or_default();
                 let mut policies: Vec<Arc<AuthorizationPolicy>> = mesh
                     .policies
                     .values()

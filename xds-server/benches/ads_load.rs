@@ -255,7 +255,25 @@ async fn run_client(
         }
     }
     drop(permit);
-    let _ = events.send(Event::Synced { at: Instant::now() }).await;
+    // Large initial states come in several responses: the client is synced when the stream
+    // has been quiet for a while; it was synced when the last of them arrived.
+    let mut last = Instant::now();
+    loop {
+        match c.recv(Duration::from_millis(500)).await {
+            Ok(r) => {
+                last = Instant::now();
+                let t = TypeUrl::parse(&r.type_url).unwrap();
+                c.ack(t).await.ok();
+            }
+            Err(e) if e.to_string().starts_with("no response within") => break,
+            Err(e) => {
+                let _ = events.send(Event::Failed(format!("{id}: {e:#}"))).await;
+                return;
+            }
+        }
+    }
+    c.held.clear();
+    let _ = events.send(Event::Synced { at: last }).await;
     loop {
         match c.recv(Duration::from_secs(3600)).await {
             Ok(r) => {
