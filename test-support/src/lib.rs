@@ -9,6 +9,7 @@
 
 pub mod ads;
 pub mod echo;
+pub mod echo_process;
 pub mod envoy;
 pub mod eventually;
 pub mod grpc_xds;
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 pub use echo::{
     EchoBackend, HttpResponse, grpc_echo, http_get, spawn_echo, spawn_echo_local, try_spawn_echo,
 };
+pub use echo_process::{EchoProcess, echo_binary};
 pub use envoy::{Envoy, EnvoyOptions, envoy_binary};
 pub use eventually::{DEFAULT_EVENTUALLY_TIMEOUT, eventually};
 pub use grpc_xds::{grpc_xds_client_script, python, write_grpc_bootstrap};

@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use switchyard_test_support::manifests::{self, namespace};
-use switchyard_test_support::{
-    EchoBackend, Envoy, EnvoyOptions, eventually, grpc_echo, http_get, try_spawn_echo,
-};
+use switchyard_test_support::{EchoProcess, Envoy, EnvoyOptions, eventually, grpc_echo, http_get};
 use switchyard_tests::ControlPlane;
 use tokio::sync::Mutex;
 
@@ -39,15 +37,16 @@ struct Fixture {
     http_port: u16,
     grpc_port: u16,
     // held so the backends live as long as the fixture
-    _backends: BTreeMap<String, EchoBackend>,
+    _backends: BTreeMap<String, EchoProcess>,
 }
 
 fn ip(net: u8, host: u8) -> IpAddr {
     IpAddr::from([127, net, 0, host])
 }
 
-/// Starts three echo backends on 127.<net>.0.{11,12,13} sharing one HTTP and one gRPC port.
-async fn backends(net: u8) -> (u16, u16, BTreeMap<String, EchoBackend>) {
+/// Starts three echo backend processes on 127.<net>.0.{11,12,13} sharing one HTTP and one
+/// gRPC port.
+async fn backends(net: u8) -> (u16, u16, BTreeMap<String, EchoProcess>) {
     for _ in 0..20 {
         let probe = std::net::TcpListener::bind((ip(net, 11), 0)).unwrap();
         let hp = probe.local_addr().unwrap().port();
@@ -58,7 +57,7 @@ async fn backends(net: u8) -> (u16, u16, BTreeMap<String, EchoBackend>) {
         let mut ok = true;
         for (i, host) in [11u8, 12, 13].into_iter().enumerate() {
             let name = format!("echo-{}", i + 1);
-            match try_spawn_echo(
+            match EchoProcess::start(
                 &name,
                 Some(SocketAddr::new(ip(net, host), hp)),
                 Some(SocketAddr::new(ip(net, host), gp)),

@@ -555,22 +555,27 @@ async fn bad_clients_get_clear_errors_and_do_not_disturb_others() {
             .await
             .unwrap();
     }
-    let z = cp.syncz().await.unwrap();
-    let row = |id: &str| {
-        z.as_array()
-            .unwrap()
+    // the silent client never reads, so wait for the server to have seen its request
+    let state_of = |z: &serde_json::Value, id: &str| -> Option<serde_json::Value> {
+        z.as_array()?
             .iter()
             .find(|p| p["node"] == id)
-            .cloned()
-            .unwrap()
+            .map(|p| p["types"]["eds"].clone())
     };
-    assert_eq!(
-        row("sidecar~10.244.0.60~s.default~default.svc.cluster.local")["types"]["eds"]["state"],
-        "STALE"
-    );
-    let n = row("sidecar~10.244.0.61~n.default~default.svc.cluster.local");
-    assert_eq!(n["types"]["eds"]["state"], "NACKED");
-    assert_eq!(n["types"]["eds"]["last_nack"], "no thanks");
+    switchyard_test_support::eventually(STEP, "silent client STALE, nacker NACKED", || async {
+        let z = cp.syncz().await.ok()?;
+        let silent = state_of(
+            &z,
+            "sidecar~10.244.0.60~s.default~default.svc.cluster.local",
+        )?;
+        let n = state_of(
+            &z,
+            "sidecar~10.244.0.61~n.default~default.svc.cluster.local",
+        )?;
+        (silent["state"] == "STALE" && n["state"] == "NACKED" && n["last_nack"] == "no thanks")
+            .then_some(())
+    })
+    .await;
     let metrics = cp.admin("/metrics").await.unwrap().1;
     assert!(
         metrics.contains("switchyard_xds_rejected_total{reason=\"unknown_type_url\"} 1"),
@@ -681,4 +686,57 @@ async fn bad_manifest_keeps_last_good_mesh_and_says_where() {
         (!body.contains("broken.yaml")).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_cluster_gets_its_endpoints_again() {
+    let cp = ControlPlane::start(&base()).await.unwrap();
+    let mut c = DeltaClient::connect(cp.xds(), node(SIDECAR, &[]))
+        .await
+        .unwrap();
+    let none = BTreeMap::new();
+    c.subscribe(TypeUrl::Cluster, &["*"], &none).await.unwrap();
+    c.recv_type(TypeUrl::Cluster, STEP).await.unwrap();
+    c.subscribe(TypeUrl::ClusterLoadAssignment, &[ECHO_CLUSTER], &none)
+        .await
+        .unwrap();
+    c.recv_type(TypeUrl::ClusterLoadAssignment, STEP)
+        .await
+        .unwrap();
+    let cla_version = c.versions(TypeUrl::ClusterLoadAssignment)[ECHO_CLUSTER].clone();
+    c.expect_silence(QUIET).await.unwrap();
+    // the port becomes HTTP/2: the cluster changes, its endpoints do not
+    let h2 = Port {
+        name: "http2",
+        port: 8080,
+        target: 18080,
+        app_protocol: Some("kubernetes.io/h2c"),
+    };
+    cp.manifests
+        .write(
+            "mesh.yaml",
+            &[
+                namespace("default", Some("sidecar")),
+                service("default", "echo", "10.96.0.10", &[h2, grpc(9090, 19090)]),
+                pod("default", "echo-1", "echo", "10.244.0.11"),
+                pod("default", "echo-2", "echo", "10.244.0.12"),
+            ],
+        )
+        .unwrap();
+    let r = c.recv(STEP).await.unwrap();
+    assert_eq!(r.type_url, TypeUrl::Cluster.as_str());
+    assert!(r.resources.iter().any(|x| x.name == ECHO_CLUSTER), "{r:?}");
+    c.ack(TypeUrl::Cluster).await.unwrap();
+    let r = c.recv(STEP).await.unwrap();
+    assert_eq!(
+        r.type_url,
+        TypeUrl::ClusterLoadAssignment.as_str(),
+        "endpoints follow the cluster"
+    );
+    assert_eq!(r.resources.len(), 1);
+    assert_eq!(r.resources[0].name, ECHO_CLUSTER);
+    assert_eq!(
+        r.resources[0].version, cla_version,
+        "same endpoints, sent again for warming"
+    );
 }

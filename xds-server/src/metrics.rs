@@ -165,6 +165,12 @@ impl Metrics {
             "Good source reads",
             m.source_loads.clone(),
         );
+        // Every kind shows up from the start, at zero, so dashboards and alerts see it.
+        for kind in switchyard_model::ProxyKind::ALL {
+            m.connected.get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            });
+        }
         m
     }
 
@@ -175,5 +181,31 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_exposed_from_the_start() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        m.reject("bad_node");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        for kind in ["sidecar", "envoy", "ztunnel", "ebpf", "grpc"] {
+            assert!(
+                out.contains(&format!(
+                    "switchyard_xds_connected_proxies{{kind=\"{kind}\"}} 0"
+                )),
+                "{out}"
+            );
+        }
+        assert!(
+            out.contains("switchyard_xds_rejected_total{reason=\"bad_node\"} 1"),
+            "{out}"
+        );
     }
 }
