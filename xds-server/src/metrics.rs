@@ -167,9 +167,11 @@ impl Metrics {
         );
         // Every kind shows up from the start, at zero, so dashboards and alerts see it.
         for kind in switchyard_model::ProxyKind::ALL {
-            m.connected.get_or_create(&KindLabels {
-                kind: kind.to_string(),
-            });
+            m.connected
+                .get_or_create(&KindLabels {
+                    kind: kind.to_string(),
+                })
+                .set(0);
         }
         m
     }
