@@ -11,22 +11,18 @@
 //! * when a cluster changes, its ClusterLoadAssignment is sent again.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use switchyard_protos::TypeUrl;
-use switchyard_protos::envoy::envoy::config::core::v3::ControlPlane;
+use switchyard_protos::envoy::envoy::config::core::v3::{ControlPlane, Node};
 use switchyard_protos::envoy::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as PbResource,
 };
-use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::debug;
 
 use super::held::{Held, HeldSet};
 use super::{
-    Outbox, Sent, StreamError, Subscription, chunks, proxy_from_node, record_ack, record_nack,
-    record_sent,
+    Outbox, Sent, StreamError, Subscription, chunks, record_ack, record_nack, record_sent,
 };
 use crate::cache::{Connection, SnapshotCache};
 use crate::metrics::Variant;
@@ -42,7 +38,8 @@ struct TypeState {
     pending: VecDeque<(String, String)>,
 }
 
-struct Stream {
+/// The protocol state of one stream.
+pub(crate) struct Stream {
     cache: Arc<SnapshotCache>,
     conn: Arc<Connection>,
     tx: Outbox,
@@ -51,107 +48,45 @@ struct Stream {
     nonce: u64,
 }
 
-/// Runs one delta stream to its end.
-pub async fn run(
-    cache: Arc<SnapshotCache>,
-    mut requests: Streaming<Box<DeltaDiscoveryRequest>>,
-    tx: Outbox,
-    peer: Option<SocketAddr>,
-    shutdown: CancellationToken,
-) {
-    let first = tokio::select! {
-        r = requests.message() => r,
-        _ = shutdown.cancelled() => return,
-    };
-    let first = match first {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(status) => {
-            cache.metrics.reject("transport");
-            warn!(?peer, error = %status, "delta ads stream failed before its first request");
-            let _ = tx.send(Err(Box::new(status))).await;
-            return;
-        }
-    };
-    let proxy = match proxy_from_node(first.node.as_ref()) {
-        Ok(p) => p,
-        Err(e) => {
-            let e = StreamError::from(e);
-            cache.metrics.reject(e.reason());
-            warn!(?peer, error = %e, "delta ads stream refused");
-            let _ = tx.send(Err(Box::new(e.status()))).await;
-            return;
-        }
-    };
-    let conn = cache.connect(proxy, Variant::Delta, peer);
-    let span = info_span!("ads", node = %conn.proxy.node_id, kind = %conn.proxy.kind, variant = "delta", stream = conn.id);
-    let mut stream = Stream {
-        cache: cache.clone(),
-        conn: conn.clone(),
-        tx: tx.clone(),
-        types: BTreeMap::new(),
-        snapshot: conn.snapshot(),
-        nonce: 0,
-    };
-    let result = async {
-        info!(?peer, "proxy connected");
-        stream.serve(first, requests, shutdown).await
+impl super::Protocol for Stream {
+    type Request = DeltaDiscoveryRequest;
+    const VARIANT: Variant = Variant::Delta;
+
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
     }
-    .instrument(span.clone())
-    .await;
-    cache.disconnect(&conn);
-    let _enter = span.enter();
-    match result {
-        Ok(()) => info!("proxy disconnected"),
-        Err(e) => {
-            cache.metrics.reject(e.reason());
-            warn!(error = %e, "delta ads stream ended with an error");
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                tx.send(Err(Box::new(e.status()))),
-            )
-            .await;
+
+    fn new(cache: Arc<SnapshotCache>, conn: Arc<Connection>, tx: Outbox) -> Self {
+        Stream {
+            cache,
+            snapshot: conn.snapshot(),
+            conn,
+            tx,
+            types: BTreeMap::new(),
+            nonce: 0,
         }
+    }
+
+    fn set_snapshot(&mut self, snapshot: Arc<Snapshot>) {
+        self.snapshot = snapshot;
+    }
+
+    async fn handle(&mut self, req: Box<DeltaDiscoveryRequest>) -> Result<(), StreamError> {
+        self.handle_request(req).await
+    }
+
+    async fn push(&mut self) -> Result<(), StreamError> {
+        for t in super::push_order() {
+            if self.types.contains_key(&t) {
+                Box::pin(self.respond(t, false, true)).await?;
+            }
+        }
+        Ok(())
     }
 }
 
 impl Stream {
-    async fn serve(
-        &mut self,
-        first: Box<DeltaDiscoveryRequest>,
-        mut requests: Streaming<Box<DeltaDiscoveryRequest>>,
-        shutdown: CancellationToken,
-    ) -> Result<(), StreamError> {
-        let mut snapshots = self.conn.subscribe();
-        self.snapshot = snapshots.borrow_and_update().clone();
-        Box::pin(self.handle(first)).await?;
-        let cancel = self.conn.cancel.clone();
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = cancel.cancelled() => return Ok(()),
-                req = requests.message() => match req {
-                    Ok(Some(r)) => Box::pin(self.handle(r)).await?,
-                    Ok(None) => return Ok(()),
-                    Err(status) => return Err(StreamError::Transport(status)),
-                },
-                changed = snapshots.changed() => {
-                    if changed.is_err() {
-                        return Ok(());
-                    }
-                    self.snapshot = snapshots.borrow_and_update().clone();
-                    for t in super::push_order() {
-                        if self.types.contains_key(&t) {
-                            Box::pin(self.respond(t, false, true)).await?;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    async fn handle(&mut self, req: Box<DeltaDiscoveryRequest>) -> Result<(), StreamError> {
+    async fn handle_request(&mut self, req: Box<DeltaDiscoveryRequest>) -> Result<(), StreamError> {
         let t = TypeUrl::parse(&req.type_url)?;
         let first = !self.types.contains_key(&t);
         let st = self.types.entry(t).or_default();
@@ -333,7 +268,8 @@ mod tests {
             None,
             None,
         );
-        let task = super::run(cache, streaming, tx, None, Default::default());
+        let task =
+            super::super::run::<super::Stream>(cache, streaming, tx, None, Default::default());
         let size = std::mem::size_of_val(&task);
         assert!(size <= 3072, "delta stream task is {size} bytes");
     }

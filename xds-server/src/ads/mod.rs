@@ -213,7 +213,7 @@ impl AdsService {
     ) -> mpsc::Receiver<OutItem> {
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(sotw::run(
+        tokio::spawn(run::<sotw::Stream>(
             self.cache.clone(),
             request.into_inner(),
             tx,
@@ -230,7 +230,7 @@ impl AdsService {
     ) -> mpsc::Receiver<OutItem> {
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(delta::run(
+        tokio::spawn(run::<delta::Stream>(
             self.cache.clone(),
             request.into_inner(),
             tx,
@@ -238,6 +238,123 @@ impl AdsService {
             self.shutdown.clone(),
         ));
         rx
+    }
+}
+
+/// One ADS variant's protocol state. The stream around it — first request, proxy id,
+/// registration, the request/snapshot loop, ending with a status — is [`run`], shared by both.
+pub(crate) trait Protocol: Send + Sized + 'static {
+    /// Request message.
+    type Request: Send + 'static;
+    /// SotW or delta.
+    const VARIANT: crate::metrics::Variant;
+    /// The node of a request.
+    fn node(req: &Self::Request) -> Option<&Node>;
+    /// State for a new stream.
+    fn new(cache: Arc<SnapshotCache>, conn: Arc<crate::cache::Connection>, tx: Outbox) -> Self;
+    /// Installs the newest snapshot.
+    fn set_snapshot(&mut self, snapshot: Arc<crate::snapshot::Snapshot>);
+    /// Handles one request.
+    fn handle(
+        &mut self,
+        req: Box<Self::Request>,
+    ) -> impl std::future::Future<Output = Result<(), StreamError>> + Send;
+    /// Sends what changed in the newest snapshot, type by type in push order.
+    fn push(&mut self) -> impl std::future::Future<Output = Result<(), StreamError>> + Send;
+}
+
+/// Runs one stream to its end.
+pub(crate) async fn run<P: Protocol>(
+    cache: Arc<SnapshotCache>,
+    mut requests: Streaming<Box<P::Request>>,
+    tx: Outbox,
+    peer: Option<std::net::SocketAddr>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use tracing::{Instrument, info, info_span, warn};
+    let variant = match P::VARIANT {
+        crate::metrics::Variant::Sotw => "sotw",
+        crate::metrics::Variant::Delta => "delta",
+    };
+    let first = tokio::select! {
+        r = requests.message() => r,
+        _ = shutdown.cancelled() => return,
+    };
+    let first = match first {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(status) => {
+            cache.metrics.reject("transport");
+            warn!(?peer, variant, error = %status, "ads stream failed before its first request");
+            let _ = tx.send(Err(Box::new(status))).await;
+            return;
+        }
+    };
+    let proxy = match proxy_from_node(P::node(&first)) {
+        Ok(p) => p,
+        Err(e) => {
+            let e = StreamError::from(e);
+            cache.metrics.reject(e.reason());
+            warn!(?peer, variant, error = %e, "ads stream refused");
+            let _ = tx.send(Err(Box::new(e.status()))).await;
+            return;
+        }
+    };
+    let conn = cache.connect(proxy, P::VARIANT, peer);
+    let span = info_span!("ads", node = %conn.proxy.node_id, kind = %conn.proxy.kind, variant, stream = conn.id);
+    let mut state = P::new(cache.clone(), conn.clone(), tx.clone());
+    let result = async {
+        info!(?peer, "proxy connected");
+        serve(&mut state, &conn, first, requests, shutdown).await
+    }
+    .instrument(span.clone())
+    .await;
+    cache.disconnect(&conn);
+    let _enter = span.enter();
+    match result {
+        Ok(()) => info!("proxy disconnected"),
+        Err(e) => {
+            cache.metrics.reject(e.reason());
+            warn!(error = %e, "ads stream ended with an error");
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                tx.send(Err(Box::new(e.status()))),
+            )
+            .await;
+        }
+    }
+}
+
+async fn serve<P: Protocol>(
+    state: &mut P,
+    conn: &crate::cache::Connection,
+    first: Box<P::Request>,
+    mut requests: Streaming<Box<P::Request>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), StreamError> {
+    let mut snapshots = conn.subscribe();
+    state.set_snapshot(snapshots.borrow_and_update().clone());
+    // Handlers run boxed: their futures are large and live only while they run.
+    Box::pin(state.handle(first)).await?;
+    let cancel = conn.cancel.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = cancel.cancelled() => return Ok(()),
+            req = requests.message() => match req {
+                Ok(Some(r)) => Box::pin(state.handle(r)).await?,
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(StreamError::Transport(status)),
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                state.set_snapshot(snapshots.borrow_and_update().clone());
+                Box::pin(state.push()).await?;
+            }
+        }
     }
 }
 

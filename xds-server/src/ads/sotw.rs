@@ -12,22 +12,18 @@
 //!   warming the new cluster.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use switchyard_protos::TypeUrl;
-use switchyard_protos::envoy::envoy::config::core::v3::ControlPlane;
+use switchyard_protos::envoy::envoy::config::core::v3::{ControlPlane, Node};
 use switchyard_protos::envoy::envoy::service::discovery::v3::{
     DiscoveryRequest, DiscoveryResponse,
 };
-use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::debug;
 
 use super::held::{Held, HeldSet};
 use super::{
-    Outbox, Sent, StreamError, Subscription, chunks, proxy_from_node, record_ack, record_nack,
-    record_sent,
+    Outbox, Sent, StreamError, Subscription, chunks, record_ack, record_nack, record_sent,
 };
 use crate::cache::{Connection, SnapshotCache};
 use crate::metrics::Variant;
@@ -40,7 +36,8 @@ struct TypeState {
     held: HeldSet,
 }
 
-struct Stream {
+/// The protocol state of one stream.
+pub(crate) struct Stream {
     cache: Arc<SnapshotCache>,
     conn: Arc<Connection>,
     tx: Outbox,
@@ -57,107 +54,45 @@ enum Mode {
     Changed,
 }
 
-/// Runs one SotW stream to its end.
-pub async fn run(
-    cache: Arc<SnapshotCache>,
-    mut requests: Streaming<Box<DiscoveryRequest>>,
-    tx: Outbox,
-    peer: Option<SocketAddr>,
-    shutdown: CancellationToken,
-) {
-    let first = tokio::select! {
-        r = requests.message() => r,
-        _ = shutdown.cancelled() => return,
-    };
-    let first = match first {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(status) => {
-            cache.metrics.reject("transport");
-            warn!(?peer, error = %status, "ads stream failed before its first request");
-            let _ = tx.send(Err(Box::new(status))).await;
-            return;
-        }
-    };
-    let proxy = match proxy_from_node(first.node.as_ref()) {
-        Ok(p) => p,
-        Err(e) => {
-            let e = StreamError::from(e);
-            cache.metrics.reject(e.reason());
-            warn!(?peer, error = %e, "ads stream refused");
-            let _ = tx.send(Err(Box::new(e.status()))).await;
-            return;
-        }
-    };
-    let conn = cache.connect(proxy, Variant::Sotw, peer);
-    let span = info_span!("ads", node = %conn.proxy.node_id, kind = %conn.proxy.kind, variant = "sotw", stream = conn.id);
-    let mut stream = Stream {
-        cache: cache.clone(),
-        conn: conn.clone(),
-        tx: tx.clone(),
-        types: BTreeMap::new(),
-        snapshot: conn.snapshot(),
-        nonce: 0,
-    };
-    let result = async {
-        info!(?peer, "proxy connected");
-        stream.serve(first, requests, shutdown).await
+impl super::Protocol for Stream {
+    type Request = DiscoveryRequest;
+    const VARIANT: Variant = Variant::Sotw;
+
+    fn node(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
     }
-    .instrument(span.clone())
-    .await;
-    cache.disconnect(&conn);
-    let _enter = span.enter();
-    match result {
-        Ok(()) => info!("proxy disconnected"),
-        Err(e) => {
-            cache.metrics.reject(e.reason());
-            warn!(error = %e, "ads stream ended with an error");
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                tx.send(Err(Box::new(e.status()))),
-            )
-            .await;
+
+    fn new(cache: Arc<SnapshotCache>, conn: Arc<Connection>, tx: Outbox) -> Self {
+        Stream {
+            cache,
+            snapshot: conn.snapshot(),
+            conn,
+            tx,
+            types: BTreeMap::new(),
+            nonce: 0,
         }
+    }
+
+    fn set_snapshot(&mut self, snapshot: Arc<Snapshot>) {
+        self.snapshot = snapshot;
+    }
+
+    async fn handle(&mut self, req: Box<DiscoveryRequest>) -> Result<(), StreamError> {
+        self.handle_request(req).await
+    }
+
+    async fn push(&mut self) -> Result<(), StreamError> {
+        for t in super::push_order() {
+            if self.types.contains_key(&t) {
+                Box::pin(self.respond(t, Mode::Changed)).await?;
+            }
+        }
+        Ok(())
     }
 }
 
 impl Stream {
-    async fn serve(
-        &mut self,
-        first: Box<DiscoveryRequest>,
-        mut requests: Streaming<Box<DiscoveryRequest>>,
-        shutdown: CancellationToken,
-    ) -> Result<(), StreamError> {
-        let mut snapshots = self.conn.subscribe();
-        self.snapshot = snapshots.borrow_and_update().clone();
-        Box::pin(self.handle(first)).await?;
-        let cancel = self.conn.cancel.clone();
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = cancel.cancelled() => return Ok(()),
-                req = requests.message() => match req {
-                    Ok(Some(r)) => Box::pin(self.handle(r)).await?,
-                    Ok(None) => return Ok(()),
-                    Err(status) => return Err(StreamError::Transport(status)),
-                },
-                changed = snapshots.changed() => {
-                    if changed.is_err() {
-                        return Ok(());
-                    }
-                    self.snapshot = snapshots.borrow_and_update().clone();
-                    for t in super::push_order() {
-                        if self.types.contains_key(&t) {
-                            Box::pin(self.respond(t, Mode::Changed)).await?;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    async fn handle(&mut self, req: Box<DiscoveryRequest>) -> Result<(), StreamError> {
+    async fn handle_request(&mut self, req: Box<DiscoveryRequest>) -> Result<(), StreamError> {
         let t = TypeUrl::parse(&req.type_url)?;
         let first = !self.types.contains_key(&t);
         let st = self.types.entry(t).or_default();

@@ -212,17 +212,24 @@ impl Generation {
         self.changed_at
     }
 
+    /// The visible services of a view with their (cached) renderings.
+    fn service_resources(
+        &self,
+        view: &ProxyView,
+    ) -> Vec<(Arc<ServiceView>, Arc<ServiceResources>)> {
+        view.scope
+            .services
+            .iter()
+            .map(|v| (v.clone(), self.cache.service(v)))
+            .collect()
+    }
+
     fn scope_maps(&self, view: &ProxyView, family: Family) -> TypeMaps {
         let key = (view.scope.key.clone(), family);
         if let Some(s) = lock(&self.scopes).get(&key) {
             return s.clone();
         }
-        let services: Vec<(Arc<ServiceView>, Arc<ServiceResources>)> = view
-            .scope
-            .services
-            .iter()
-            .map(|v| (v.clone(), self.cache.service(v)))
-            .collect();
+        let services = self.service_resources(view);
         let opts = &self.options;
         let maps = match family {
             Family::EnvoyApi => envoy::scope_maps(&view.scope, &services, opts),
@@ -250,12 +257,7 @@ impl Generation {
         if let Some(l) = lock(&self.listeners).get(&key) {
             return l.clone();
         }
-        let services: Vec<(Arc<ServiceView>, Arc<ServiceResources>)> = view
-            .scope
-            .services
-            .iter()
-            .map(|v| (v.clone(), self.cache.service(v)))
-            .collect();
+        let services = self.service_resources(view);
         let map = Arc::new(ResourceMap::new([envoy::outbound_listener(
             &services,
             listen,
