@@ -4,7 +4,7 @@
 //! NACKs are recorded while Envoy keeps its last good config, a bad manifest changes nothing,
 //! and a restarted or reconnecting Envoy resumes.
 //!
-//! Runs with the production debounces (source 200 ms, push 100 ms) so the one-second figures
+//! Runs with the production debounces (source 100 ms, push 100 ms) so the one-second figures
 //! are the ones users get. The tests take a shared lock: one Envoy at a time keeps timings
 //! honest on small CI machines.
 
@@ -115,7 +115,7 @@ impl Fixture {
             ],
             |c| {
                 // production debounces: the propagation figures below are what users get
-                c.source_debounce = Duration::from_millis(200);
+                c.source_debounce = Duration::from_millis(100);
                 c.push_debounce = Duration::from_millis(100);
             },
         )

@@ -14,7 +14,7 @@
 //! | `default_mode` | `ztunnel` | dataplane of unlabelled namespaces |
 //! | `root_namespace` | `switchyard-system` | namespace of mesh-wide policies |
 //! | `push_debounce_ms` | `100` | quiet time before a model change is pushed |
-//! | `source_debounce_ms` | `200` | quiet time before a changed directory is re-read |
+//! | `source_debounce_ms` | `100` | quiet time before a changed directory is re-read |
 //! | `max_request_bytes` | `4194304` | largest xDS request accepted |
 //! | `connect_timeout_ms` | `1000` | upstream connect timeout in generated clusters |
 //! | `log_format` | `text` | `text` or `json` |
@@ -38,7 +38,7 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("default_mode", Some("ztunnel")),
     ("root_namespace", Some("switchyard-system")),
     ("push_debounce_ms", Some("100")),
-    ("source_debounce_ms", Some("200")),
+    ("source_debounce_ms", Some("100")),
     ("max_request_bytes", Some("4194304")),
     ("connect_timeout_ms", Some("1000")),
     ("log_format", Some("text")),

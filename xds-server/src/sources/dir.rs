@@ -27,7 +27,7 @@ use super::{ClusterObjects, Source, SourceProblem, SourceReport};
 mod tests;
 
 /// How long the folder must be quiet before it is re-read.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// How many debounce periods to wait before retrying to watch a folder that cannot be watched
 /// (it does not exist yet): 2 s with the default debounce.
