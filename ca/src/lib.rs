@@ -11,6 +11,7 @@
 mod authority;
 mod csr;
 mod store;
+pub mod token;
 
 pub use authority::{Authority, AuthorityConfig, Issued};
 pub use csr::{CheckedCsr, CsrError, MAX_CSR_BYTES, check_csr};
