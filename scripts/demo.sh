@@ -49,7 +49,8 @@ wait_http() { # url, what
 
 step "starting switchyard (manifests: examples/demo/manifests)"
 "$BIN/switchyard" serve --config-dir examples/demo/manifests \
-    --xds-address 127.0.0.1:15010 --admin-address 127.0.0.1:15014 >"$WORK/switchyard.log" 2>&1 &
+    --xds-address 127.0.0.1:15010 --admin-address 127.0.0.1:15014 --set "ca_dir=$WORK/ca" \
+    >"$WORK/switchyard.log" 2>&1 &
 PIDS+=($!)
 wait_http http://127.0.0.1:15014/readyz "switchyard"
 curl -fsS http://127.0.0.1:15014/readyz

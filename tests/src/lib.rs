@@ -19,6 +19,8 @@ pub struct ControlPlane {
     pub manifests: ManifestDir,
     /// The server.
     pub server: Server,
+    /// The CA directory (root, token key).
+    pub ca_dir: tempfile::TempDir,
 }
 
 /// Logs to the test output when `RUST_LOG` is set.
@@ -51,10 +53,15 @@ impl ControlPlane {
         for (name, docs) in files {
             manifests.write(name, docs)?;
         }
-        let mut config = Config::for_tests(manifests.path());
+        let ca_dir = tempfile::Builder::new().prefix("switchyard-ca").tempdir()?;
+        let mut config = Config::for_tests(manifests.path(), ca_dir.path());
         adjust(&mut config);
         let server = Server::start(config).await?;
-        let cp = ControlPlane { manifests, server };
+        let cp = ControlPlane {
+            manifests,
+            server,
+            ca_dir,
+        };
         cp.wait_generation(1).await?;
         Ok(cp)
     }

@@ -168,6 +168,8 @@ async fn start_server(dir: &Path) -> anyhow::Result<ServerProcess> {
             "--admin-address",
             &admin.to_string(),
         ])
+        .arg("--set")
+        .arg(format!("ca_dir={}", dir.with_extension("ca").display()))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -488,6 +490,7 @@ async fn run(args: &Args, services: usize) -> anyhow::Result<RunResult> {
         t.abort();
     }
     drop(server);
+    let _ = std::fs::remove_dir_all(dir.path().with_extension("ca"));
     Ok(RunResult {
         clients: args.clients,
         sidecars: args.clients - ztunnels,

@@ -9,6 +9,7 @@
 //! | `xds_address` | `0.0.0.0:15010` | plaintext xDS/CA gRPC |
 //! | `admin_address` | `0.0.0.0:15014` | HTTP admin: metrics, health, debug |
 //! | `config_dir` | (required) | directory of Kubernetes YAML manifests |
+//! | `ca_dir` | `switchyard-ca` | CA root (generated on first start) and token key |
 //! | `trust_domain` | `cluster.local` | SPIFFE trust domain |
 //! | `cluster_domain` | `cluster.local` | Kubernetes DNS domain |
 //! | `default_mode` | `ztunnel` | dataplane of unlabelled namespaces |
@@ -33,6 +34,7 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("xds_address", Some("0.0.0.0:15010")),
     ("admin_address", Some("0.0.0.0:15014")),
     ("config_dir", None),
+    ("ca_dir", Some("switchyard-ca")),
     ("trust_domain", Some("cluster.local")),
     ("cluster_domain", Some("cluster.local")),
     ("default_mode", Some("ztunnel")),
@@ -63,6 +65,8 @@ pub struct Config {
     pub admin_address: SocketAddr,
     /// Manifest directory.
     pub config_dir: PathBuf,
+    /// CA directory.
+    pub ca_dir: PathBuf,
     /// Mesh-wide settings.
     pub mesh: MeshConfig,
     /// Push debounce.
@@ -290,6 +294,7 @@ impl RawConfig {
                 .parse()
                 .map_err(|_| ConfigError(vec![]))?,
             config_dir: PathBuf::from(s("config_dir")),
+            ca_dir: PathBuf::from(s("ca_dir")),
             mesh: MeshConfig {
                 trust_domain: s("trust_domain"),
                 cluster_domain: s("cluster_domain"),
@@ -312,9 +317,10 @@ impl RawConfig {
 
 impl Config {
     /// A config for tests and embedding: loopback ports chosen by the OS, short debounces.
-    pub fn for_tests(config_dir: impl Into<PathBuf>) -> Self {
+    pub fn for_tests(config_dir: impl Into<PathBuf>, ca_dir: impl Into<PathBuf>) -> Self {
         let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
         Config {
+            ca_dir: ca_dir.into(),
             xds_address: loopback,
             admin_address: loopback,
             config_dir: config_dir.into(),

@@ -47,6 +47,33 @@ enum Command {
     },
     /// Print the CustomResourceDefinitions of Switchyard's CRDs as YAML.
     Crd,
+    /// Bootstrap tokens for the certificate service (local cluster).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a token that lets its holder ask for NAMESPACE/SERVICE_ACCOUNT's certificate.
+    Create {
+        /// CA directory of the control plane (config key `ca_dir`).
+        #[arg(long, default_value = "switchyard-ca")]
+        ca_dir: PathBuf,
+        /// Namespace.
+        #[arg(long)]
+        namespace: String,
+        /// Service account.
+        #[arg(long)]
+        service_account: String,
+        /// Node, for node agents (they may then ask for pods on that node).
+        #[arg(long)]
+        node: Option<String>,
+        /// Lifetime, e.g. `1h`, `30m`, `3600s`.
+        #[arg(long, default_value = "1h")]
+        ttl: sources::gateway::GatewayDuration,
+    },
 }
 
 fn init_logs(format: LogFormat) {
@@ -65,6 +92,23 @@ fn init_logs(format: LogFormat) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    ca_dir,
+                    namespace,
+                    service_account,
+                    node,
+                    ttl,
+                },
+        } => {
+            let tokens = switchyard_ca::token::TokenAuthority::load_or_create(&ca_dir)?;
+            println!(
+                "{}",
+                tokens.create(&namespace, &service_account, node.as_deref(), ttl.0)
+            );
+            Ok(())
+        }
         Command::Crd => {
             print!("{}", sources::crd::crd_yaml().context("rendering CRDs")?);
             Ok(())

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use switchyard_model::Mesh;
 use switchyard_protos::envoy::envoy::service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
+use switchyard_protos::switchyard::ca::v1::certificate_service_server::CertificateServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -19,6 +20,7 @@ use tracing::{error, info};
 use crate::admin::{self, AdminState};
 use crate::ads::AdsService;
 use crate::ads::transport::AdsServer;
+use crate::ca_service::CaService;
 use crate::cache::SnapshotCache;
 use crate::config::Config;
 use crate::csds::CsdsService;
@@ -31,6 +33,12 @@ use crate::state::{self, MeshStatus, Published};
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The CA directory is unusable.
+    #[error("certificate authority: {0}")]
+    Ca(#[from] switchyard_ca::CaDirError),
+    /// The token key is unusable.
+    #[error("certificate authority: {0}")]
+    TokenKey(#[from] switchyard_ca::token::TokenKeyError),
     /// A listen address is taken or not allowed.
     #[error("cannot listen on {address} for {what}: {source} (is another switchyard running?)")]
     Bind {
@@ -93,6 +101,16 @@ impl Server {
                 source,
             })?;
 
+        let authority = Arc::new(switchyard_ca::load_or_create_root(
+            &config.ca_dir,
+            switchyard_ca::AuthorityConfig {
+                trust_domain: config.mesh.trust_domain.clone(),
+                ..Default::default()
+            },
+        )?);
+        let tokens = Arc::new(switchyard_ca::token::TokenAuthority::load_or_create(
+            &config.ca_dir,
+        )?);
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let registry = Arc::new(registry);
@@ -137,6 +155,9 @@ impl Server {
         );
         let csds = ClientStatusDiscoveryServiceServer::new(CsdsService::new(cache.clone()))
             .max_decoding_message_size(config.max_request_bytes);
+        let certificates =
+            CertificateServiceServer::new(CaService::new(authority, tokens, cache.clone()))
+                .max_decoding_message_size(config.max_request_bytes);
         let grpc_shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
@@ -144,6 +165,7 @@ impl Server {
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .add_service(ads)
                 .add_service(csds)
+                .add_service(certificates)
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(xds_listener),
                     grpc_shutdown.cancelled_owned(),

@@ -65,17 +65,21 @@ fn get(port: u16, path: &str) -> Option<String> {
 #[test]
 fn serve_is_ready_then_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
     std::fs::write(
-        dir.path().join("ns.yaml"),
+        manifests.join("ns.yaml"),
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n",
     )
     .unwrap();
     let (xds, admin) = (free_port(), free_port());
     let mut child = Command::new(BIN)
         .args(["serve", "--config-dir"])
-        .arg(dir.path())
+        .arg(&manifests)
         .args(["--xds-address", &format!("127.0.0.1:{xds}")])
         .args(["--admin-address", &format!("127.0.0.1:{admin}")])
+        .arg("--set")
+        .arg(format!("ca_dir={}", dir.path().join("ca").display()))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -117,4 +121,35 @@ fn serve_is_ready_then_stops_cleanly_on_sigterm() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("SIGTERM"), "{stderr}");
+}
+
+#[test]
+fn token_create_prints_a_token_the_ca_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["token", "create", "--ca-dir"])
+        .arg(dir.path())
+        .args([
+            "--namespace",
+            "default",
+            "--service-account",
+            "echo",
+            "--ttl",
+            "10m",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let tokens = switchyard_ca::token::TokenAuthority::load_or_create(dir.path()).unwrap();
+    let claims = tokens.verify(token.trim()).unwrap();
+    assert_eq!(
+        (claims.ns.as_str(), claims.sa.as_str()),
+        ("default", "echo")
+    );
+    assert_eq!(claims.exp - claims.iat, 600);
 }

@@ -1,0 +1,256 @@
+//! The certificate service end to end: tokens, CSR policy, node-agent authorisation, audit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+use switchyard_ca::token::{Claims, TokenAuthority};
+use switchyard_protos::switchyard::ca::v1::CreateCertificateRequest;
+use switchyard_protos::switchyard::ca::v1::certificate_service_client::CertificateServiceClient;
+use switchyard_test_support::manifests::{namespace, node, pod_on};
+use switchyard_tests::ControlPlane;
+use tonic::Code;
+use x509_parser::prelude::*;
+
+fn csr(sans: Vec<SanType>, ca: bool) -> String {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::default();
+    p.subject_alt_names = sans;
+    if ca {
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    }
+    p.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+fn spiffe(ns: &str, sa: &str) -> SanType {
+    SanType::URI(
+        format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
+            .try_into()
+            .unwrap(),
+    )
+}
+
+async fn ask(
+    cp: &ControlPlane,
+    token: Option<&str>,
+    csr_pem: String,
+    impersonate: &str,
+) -> Result<Vec<String>, tonic::Status> {
+    let mut client = CertificateServiceClient::connect(format!("http://{}", cp.xds()))
+        .await
+        .unwrap()
+        .max_encoding_message_size(8 << 20);
+    let mut req = tonic::Request::new(CreateCertificateRequest {
+        csr: csr_pem,
+        validity_seconds: 600,
+        impersonated_identity: impersonate.into(),
+        metadata: None,
+    });
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    client
+        .create_certificate(req)
+        .await
+        .map(|r| r.into_inner().cert_chain)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_service_authenticates_authorises_and_signs() {
+    let cp = ControlPlane::start(&[(
+        "mesh.yaml",
+        vec![
+            namespace("default", None),
+            node("node-1", "10.255.0.1", "a"),
+            node("node-2", "10.255.0.2", "b"),
+            pod_on("default", "echo-1", "echo", "10.244.1.2", Some("node-1")),
+            pod_on("default", "web-1", "web", "10.244.2.2", Some("node-2")),
+        ],
+    )])
+    .await
+    .unwrap();
+    let tokens = TokenAuthority::load_or_create(cp.ca_dir.path()).unwrap();
+    let echo = tokens.create("default", "echo", None, Duration::from_secs(60));
+
+    // the caller's own identity: signed, chain verifies, validity as asked
+    let chain = ask(
+        &cp,
+        Some(&echo),
+        csr(vec![spiffe("default", "echo")], false),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(chain.len(), 2);
+    let leaf_der = ::pem::parse(&chain[0]).unwrap().contents().to_vec();
+    let root_der = ::pem::parse(&chain[1]).unwrap().contents().to_vec();
+    let (_, leaf) = X509Certificate::from_der(&leaf_der).unwrap();
+    let (_, root) = X509Certificate::from_der(&root_der).unwrap();
+    leaf.verify_signature(Some(root.public_key())).unwrap();
+    let life = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
+    assert!((600..=660).contains(&life), "{life}");
+
+    // a node agent may ask for a pod on its node, not for one elsewhere
+    let ztunnel1 = tokens.create(
+        "switchyard-system",
+        "ztunnel",
+        Some("node-1"),
+        Duration::from_secs(60),
+    );
+    ask(
+        &cp,
+        Some(&ztunnel1),
+        csr(vec![spiffe("default", "echo")], false),
+        "spiffe://cluster.local/ns/default/sa/echo",
+    )
+    .await
+    .unwrap();
+    let refused = |r: Result<Vec<String>, tonic::Status>, code: Code, needle: &str| {
+        let s = r.expect_err(needle);
+        assert_eq!(s.code(), code, "{needle}: {s:?}");
+        assert!(s.message().contains(needle), "{needle}: {}", s.message());
+    };
+    refused(
+        ask(
+            &cp,
+            Some(&ztunnel1),
+            csr(vec![spiffe("default", "web")], false),
+            "spiffe://cluster.local/ns/default/sa/web",
+        )
+        .await,
+        Code::PermissionDenied,
+        "no pod with that service account runs on node-1",
+    );
+    // a token for SA echo asking for SA web
+    refused(
+        ask(
+            &cp,
+            Some(&echo),
+            csr(vec![spiffe("default", "web")], false),
+            "",
+        )
+        .await,
+        Code::PermissionDenied,
+        "may only ask for its own identity",
+    );
+    // tokens: none, expired, wrong audience, bad signature
+    refused(
+        ask(&cp, None, csr(vec![spiffe("default", "echo")], false), "").await,
+        Code::Unauthenticated,
+        "no credentials",
+    );
+    let now = tokens.create("default", "echo", None, Duration::from_secs(0));
+    refused(
+        ask(
+            &cp,
+            Some(&now),
+            csr(vec![spiffe("default", "echo")], false),
+            "",
+        )
+        .await,
+        Code::Unauthenticated,
+        "expired",
+    );
+    let wrong_aud = tokens.sign(&Claims {
+        ns: "default".into(),
+        sa: "echo".into(),
+        node: None,
+        aud: "kubernetes".into(),
+        iat: 0,
+        exp: u64::MAX / 2,
+    });
+    refused(
+        ask(
+            &cp,
+            Some(&wrong_aud),
+            csr(vec![spiffe("default", "echo")], false),
+            "",
+        )
+        .await,
+        Code::Unauthenticated,
+        "audience",
+    );
+    let forged = TokenAuthority::new(b"not the control plane").create(
+        "default",
+        "echo",
+        None,
+        Duration::from_secs(60),
+    );
+    refused(
+        ask(
+            &cp,
+            Some(&forged),
+            csr(vec![spiffe("default", "echo")], false),
+            "",
+        )
+        .await,
+        Code::Unauthenticated,
+        "signature",
+    );
+    // CSRs: not PEM, two SANs, only DNS, CA:true, 1 MB of garbage
+    refused(
+        ask(&cp, Some(&echo), "hello".into(), "").await,
+        Code::InvalidArgument,
+        "not a PEM",
+    );
+    refused(
+        ask(
+            &cp,
+            Some(&echo),
+            csr(
+                vec![spiffe("default", "echo"), spiffe("default", "web")],
+                false,
+            ),
+            "",
+        )
+        .await,
+        Code::InvalidArgument,
+        "exactly one URI SAN",
+    );
+    refused(
+        ask(
+            &cp,
+            Some(&echo),
+            csr(vec![SanType::DnsName("echo".try_into().unwrap())], false),
+            "",
+        )
+        .await,
+        Code::InvalidArgument,
+        "found DNS",
+    );
+    refused(
+        ask(
+            &cp,
+            Some(&echo),
+            csr(vec![spiffe("default", "echo")], true),
+            "",
+        )
+        .await,
+        Code::InvalidArgument,
+        "CA:true",
+    );
+    refused(
+        ask(&cp, Some(&echo), "x".repeat(1 << 20), "").await,
+        Code::InvalidArgument,
+        "limit",
+    );
+    // a tampered signature
+    let good = csr(vec![spiffe("default", "echo")], false);
+    let mut der = ::pem::parse(&good).unwrap().contents().to_vec();
+    let n = der.len();
+    der[n - 2] ^= 0x40;
+    let bad = ::pem::encode(&::pem::Pem::new("CERTIFICATE REQUEST", der));
+    let s = ask(&cp, Some(&echo), bad, "").await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    // and the service still serves well-behaved callers
+    ask(
+        &cp,
+        Some(&echo),
+        csr(vec![spiffe("default", "echo")], false),
+        "",
+    )
+    .await
+    .unwrap();
+}
