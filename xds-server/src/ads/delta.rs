@@ -20,7 +20,7 @@ use switchyard_protos::envoy::envoy::service::discovery::v3::{
 };
 use tracing::debug;
 
-use super::held::{Held, HeldSet};
+use super::held::HeldSet;
 use super::{
     Outbox, Sent, StreamError, Subscription, chunks, record_ack, record_nack, record_sent,
 };
@@ -159,14 +159,10 @@ impl Stream {
             st.held.commit(&st.sub, &ts);
             return Ok(());
         }
-        // Clusters that changed (not new ones) get their endpoints again after this, so the
-        // rebuilt cluster can finish warming.
-        let resend_eds: Vec<Arc<str>> = if t == TypeUrl::Cluster {
-            diff.upserts
-                .iter()
-                .filter(|r| matches!(st.held.get(&st.sub, &r.name), Some(Held::Version(_))))
-                .map(|r| r.name.clone())
-                .collect()
+        // Clusters that changed (not new ones: the client asks for those) get their
+        // endpoints again after this, so the rebuilt cluster can finish warming.
+        let resend_eds = if t == TypeUrl::Cluster {
+            st.held.updated(&st.sub, &diff.upserts)
         } else {
             Vec::new()
         };

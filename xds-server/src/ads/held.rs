@@ -149,6 +149,15 @@ impl HeldSet {
         d
     }
 
+    /// Names among `upserts` the client already holds a version of (updates, not additions).
+    pub fn updated(&self, sub: &Subscription, upserts: &[Arc<Resource>]) -> Vec<Arc<str>> {
+        upserts
+            .iter()
+            .filter(|r| matches!(self.get(sub, &r.name), Some(Held::Version(_))))
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
     /// The client now holds exactly what it wants of `ts`; names it asked for that do not
     /// exist are remembered as told.
     pub fn commit(&mut self, sub: &Subscription, ts: &TypeSnapshot) {
