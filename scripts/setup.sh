@@ -42,11 +42,14 @@ fi
 missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v "$PYTHON" >/dev/null || missing+=(python3)
+# network namespaces and nftables capture for the mTLS suites (they run as root)
+command -v ip >/dev/null || missing+=(iproute2)
+command -v nft >/dev/null || missing+=(nftables)
 if ((${#missing[@]})); then
     step "apt-get install ${missing[*]}"
     apt_install "${missing[@]}"
 else
-    step "debian packages: curl and $PYTHON present"
+    step "debian packages: curl, $PYTHON, ip and nft present"
 fi
 
 venv_probe="$(mktemp -d)"

@@ -86,6 +86,11 @@ impl Authority {
         &self.bundle
     }
 
+    /// The root at the top of every issued chain.
+    pub fn chain_root(&self) -> Option<&str> {
+        self.chain_tail.last().map(String::as_str)
+    }
+
     /// Settings.
     pub fn config(&self) -> &AuthorityConfig {
         &self.config

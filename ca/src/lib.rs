@@ -15,7 +15,10 @@ pub mod token;
 
 pub use authority::{Authority, AuthorityConfig, Issued};
 pub use csr::{CheckedCsr, CsrError, MAX_CSR_BYTES, check_csr};
-pub use store::{CaDirError, ROOT_CERT_FILE, ROOT_KEY_FILE, load_or_create_root, load_plugin};
+pub use store::{
+    CaDirError, NEXT_ROOT_CERT_FILE, ROOT_CERT_FILE, ROOT_KEY_FILE, RootPhase, begin_root_rotation,
+    load_or_create_root, load_plugin, promote_next_root, retire_roots, root_phase,
+};
 
 /// Errors while issuing (not the caller's fault).
 #[derive(Debug, thiserror::Error)]

@@ -291,3 +291,62 @@ fn plugin_intermediate_issues_full_chains() {
     leaf.verify_signature(Some(inter.public_key())).unwrap();
     assert_eq!(issued.chain[2], root_pem);
 }
+
+#[test]
+fn root_rotation_introduces_then_promotes_then_retires() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.max_ttl = Duration::from_secs(1);
+    let first = load_or_create_root(dir.path(), cfg.clone()).unwrap();
+    let old_root = first.bundle()[0].clone();
+    assert_eq!(root_phase(dir.path()).unwrap(), RootPhase::Stable);
+
+    // introduced: both roots trusted, the old one still signs
+    let ca = begin_root_rotation(dir.path(), cfg.clone()).unwrap();
+    assert_eq!(ca.bundle().len(), 2);
+    assert_eq!(ca.bundle()[0], old_root);
+    let new_root = ca.bundle()[1].clone();
+    assert_ne!(new_root, old_root);
+    assert_eq!(root_phase(dir.path()).unwrap(), RootPhase::Introduced);
+    let checked = check_csr(&good_csr(), TD).unwrap();
+    let id = checked.identity.clone();
+    let leaf = ca.issue(&checked, &id, None).unwrap();
+    assert_eq!(
+        leaf.chain[1], old_root,
+        "the old root signs until promotion"
+    );
+    let again = begin_root_rotation(dir.path(), cfg.clone()).unwrap_err();
+    assert!(again.to_string().contains("already in progress"), "{again}");
+    // a restart in this phase keeps it
+    let reloaded = load_or_create_root(dir.path(), cfg.clone()).unwrap();
+    assert_eq!(reloaded.bundle(), ca.bundle());
+
+    // promoted: the new root signs, the old one stays trusted
+    let ca = promote_next_root(dir.path(), cfg.clone()).unwrap();
+    assert_eq!(ca.bundle(), &[new_root.clone(), old_root.clone()]);
+    let leaf = ca.issue(&checked, &id, None).unwrap();
+    assert_eq!(leaf.chain[1], new_root);
+    let root_der = der_of(&new_root);
+    let (_, root_cert) = X509Certificate::from_der(&root_der).unwrap();
+    let leaf_der = der_of(&leaf.chain[0]);
+    let (_, leaf_cert) = X509Certificate::from_der(&leaf_der).unwrap();
+    leaf_cert
+        .verify_signature(Some(root_cert.public_key()))
+        .unwrap();
+    assert!(matches!(
+        root_phase(dir.path()).unwrap(),
+        RootPhase::Retiring { .. }
+    ));
+    assert!(
+        retire_roots(dir.path(), cfg.clone()).unwrap().is_none(),
+        "too early"
+    );
+
+    // after the longest leaf lifetime the old root leaves the bundle
+    std::thread::sleep(Duration::from_millis(2100));
+    let ca = retire_roots(dir.path(), cfg.clone()).unwrap().unwrap();
+    assert_eq!(ca.bundle(), std::slice::from_ref(&new_root));
+    assert_eq!(root_phase(dir.path()).unwrap(), RootPhase::Stable);
+    let err = promote_next_root(dir.path(), cfg).unwrap_err();
+    assert!(err.to_string().contains("no root rotation"), "{err}");
+}

@@ -85,6 +85,8 @@ pub struct MeshConfig {
     pub default_mode: DataplaneMode,
     /// Namespace whose selector-less policies apply mesh-wide.
     pub root_namespace: String,
+    /// Root certificates (PEM) every proxy trusts, from the CA; served as SDS `ROOTCA`.
+    pub trust_bundle: Arc<[String]>,
 }
 
 impl Default for MeshConfig {
@@ -94,6 +96,7 @@ impl Default for MeshConfig {
             cluster_domain: "cluster.local".into(),
             default_mode: DataplaneMode::Ztunnel,
             root_namespace: "switchyard-system".into(),
+            trust_bundle: Arc::from(Vec::new()),
         }
     }
 }

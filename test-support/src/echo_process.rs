@@ -20,13 +20,18 @@ pub struct EchoProcess {
 
 /// The `switchyard-echo` binary built next to the running test (`target/<profile>/`).
 pub fn echo_binary() -> anyhow::Result<PathBuf> {
+    workspace_binary("switchyard-echo")
+}
+
+/// A binary of this workspace built next to the running test (`target/<profile>/`).
+pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // tests run from target/<profile>/deps/<test>-<hash>
     let dir = exe
         .parent()
         .and_then(|d| d.parent())
         .context("locating the target directory")?;
-    let bin = dir.join("switchyard-echo");
+    let bin = dir.join(name);
     if !bin.is_file() {
         bail!(
             "{} not found: build it with `cargo build --workspace --bins` (cargo test --workspace does)",

@@ -72,6 +72,9 @@ pub struct EnvoyOptions {
     pub concurrency: u32,
     /// Further command-line arguments, appended last.
     pub extra_args: Vec<String>,
+    /// Unix socket of an SDS agent: adds the static `sds-grpc` cluster the rendered TLS
+    /// contexts fetch the workload certificate from.
+    pub sds_socket: Option<PathBuf>,
 }
 
 impl EnvoyOptions {
@@ -87,6 +90,7 @@ impl EnvoyOptions {
             log_level: "info".to_owned(),
             concurrency: 1,
             extra_args: Vec::new(),
+            sds_socket: None,
         }
     }
 
@@ -102,6 +106,12 @@ impl EnvoyOptions {
         self
     }
 
+    /// Points the `sds-grpc` cluster at an SDS agent's Unix socket.
+    pub fn sds_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.sds_socket = Some(path.into());
+        self
+    }
+
     /// Sets the log level.
     pub fn log_level(mut self, level: impl Into<String>) -> Self {
         self.log_level = level.into();
@@ -112,6 +122,45 @@ impl EnvoyOptions {
     /// cluster, admin on `127.0.0.1:0`.
     pub fn bootstrap(&self) -> Value {
         let api_type = if self.delta { "DELTA_GRPC" } else { "GRPC" };
+        let mut clusters = vec![json!({
+            "name": XDS_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                },
+            },
+            "load_assignment": {
+                "cluster_name": XDS_CLUSTER,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                    "socket_address": {
+                        "address": self.xds.ip().to_string(),
+                        "port_value": self.xds.port(),
+                    },
+                }}}]}],
+            },
+        })];
+        if let Some(sds) = &self.sds_socket {
+            clusters.push(json!({
+                "name": "sds-grpc",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}},
+                    },
+                },
+                "load_assignment": {
+                    "cluster_name": "sds-grpc",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                        "pipe": {"path": sds.display().to_string()},
+                    }}}]}],
+                },
+            }));
+        }
         json!({
             "node": {
                 "id": self.node_id,
@@ -128,28 +177,7 @@ impl EnvoyOptions {
                 "cds_config": {"ads": {}, "resource_api_version": "V3"},
                 "lds_config": {"ads": {}, "resource_api_version": "V3"},
             },
-            "static_resources": {
-                "clusters": [{
-                    "name": XDS_CLUSTER,
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        },
-                    },
-                    "load_assignment": {
-                        "cluster_name": XDS_CLUSTER,
-                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                            "socket_address": {
-                                "address": self.xds.ip().to_string(),
-                                "port_value": self.xds.port(),
-                            },
-                        }}}]}],
-                    },
-                }],
-            },
+            "static_resources": {"clusters": clusters},
             "admin": {
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
             },

@@ -14,6 +14,7 @@ pub mod envoy;
 pub mod eventually;
 pub mod grpc_xds;
 pub mod manifests;
+pub mod netns;
 pub mod synthetic;
 
 use std::path::PathBuf;

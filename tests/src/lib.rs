@@ -149,3 +149,96 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
+
+/// A running `switchyard-sidecar sds-agent` for one workload, killed on drop.
+#[derive(Debug)]
+pub struct SdsAgentProcess {
+    child: tokio::process::Child,
+    /// The Unix socket Envoy's `sds-grpc` cluster points at.
+    pub socket: std::path::PathBuf,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SdsAgentProcess {
+    /// Starts an agent for `ns`/`sa` (a bootstrap token from the control plane's CA dir),
+    /// following the bundle as `node_id`, asking for `ttl_seconds` certificates (0: default),
+    /// and waits until its socket exists.
+    pub async fn start(
+        cp: &ControlPlane,
+        ns: &str,
+        sa: &str,
+        node_id: &str,
+        ttl_seconds: u64,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("sds-agent").tempdir()?;
+        let socket = dir.path().join("sds.sock");
+        let log = dir.path().join("agent.log");
+        let token = switchyard_ca::token::TokenAuthority::load_or_create(cp.ca_dir.path())?.create(
+            ns,
+            sa,
+            None,
+            Duration::from_secs(3600),
+        );
+        let bin = switchyard_test_support::echo_process::workspace_binary("switchyard-sidecar")?;
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.arg("sds-agent")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--ca-address")
+            .arg(cp.xds().to_string())
+            .arg("--xds-address")
+            .arg(cp.xds().to_string())
+            .arg("--token")
+            .arg(token)
+            .arg("--namespace")
+            .arg(ns)
+            .arg("--service-account")
+            .arg(sa)
+            .arg("--node-id")
+            .arg(node_id)
+            .arg("--ttl-seconds")
+            .arg(ttl_seconds.to_string())
+            .arg("--metrics-address")
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .context("starting switchyard-sidecar sds-agent")?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!(
+                    "sds agent exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "sds agent socket not ready in 10 s: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(SdsAgentProcess {
+            child,
+            socket,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops it.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}

@@ -80,10 +80,11 @@ async fn backends(net: u8) -> (u16, u16, BTreeMap<String, EchoProcess>) {
     panic!("could not find free backend ports on 127.{net}.0.x");
 }
 
+/// A backend pod: a plain echo process without a proxy, so mode `none` (plaintext to it).
 fn pod(net: u8, name: &str, version: &str) -> String {
     let host = 10 + name.trim_start_matches("echo-").parse::<u8>().unwrap();
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    app: echo\n    version: {version}\nspec:\n  serviceAccountName: echo\n  containers:\n  - name: echo\n    image: echo\nstatus:\n  podIP: {}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    app: echo\n    version: {version}\n    switchyard.io/dataplane-mode: none\nspec:\n  serviceAccountName: echo\n  containers:\n  - name: echo\n    image: echo\nstatus:\n  podIP: {}\n",
         ip(net, host)
     )
 }

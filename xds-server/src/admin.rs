@@ -33,6 +33,8 @@ pub struct AdminState {
     pub status: Arc<ArcSwap<MeshStatus>>,
     /// Metrics registry.
     pub registry: Arc<Registry>,
+    /// The CA.
+    pub trust: Arc<crate::trust::Trust>,
     /// Whether `/debug/test/*` is served.
     pub test_hooks: bool,
 }
@@ -45,7 +47,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/debug/syncz", get(syncz))
         .route("/debug/config_dump", get(config_dump))
-        .route("/debug/sources", get(sources));
+        .route("/debug/sources", get(sources))
+        .route("/debug/ca", get(ca_status))
+        .route("/ca/rotate-root", post(rotate_root));
     if state.test_hooks {
         r = r
             .route("/debug/test/poison", post(poison).delete(unpoison))
@@ -85,6 +89,24 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding metrics failed: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// Root rotation phase, the roots in the bundle and which proxies still lack it.
+async fn ca_status(State(s): State<AdminState>) -> Response {
+    axum::Json(s.trust.status(&s.cache)).into_response()
+}
+
+/// Starts a root rotation; the answer is the new status (409 when one is in progress or the
+/// CA is a plug-in).
+async fn rotate_root(State(s): State<AdminState>) -> Response {
+    match s.trust.rotate_root() {
+        Ok(()) => axum::Json(s.trust.status(&s.cache)).into_response(),
+        Err(e) => (
+            axum::http::StatusCode::CONFLICT,
+            format!("cannot rotate the root: {e}\n"),
         )
             .into_response(),
     }

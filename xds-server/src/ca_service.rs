@@ -1,13 +1,14 @@
 //! `switchyard.ca.v1.CertificateService`: authenticates the caller (a bootstrap token in
-//! `authorization: Bearer <token>`), authorises the identity asked for against the caller and
+//! `authorization: Bearer <token>`, or, for renewal on the TLS port, a still-valid client
+//! certificate from the trust bundle), authorises the identity asked for against the caller and
 //! the mesh, and has the CA sign. Every decision is one audit log line (target `audit`) with
 //! caller, identity asked, verdict and reason.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_ca::token::{Claims, TokenAuthority};
-use switchyard_ca::{Authority, check_csr};
+use switchyard_ca::check_csr;
+use switchyard_ca::token::TokenAuthority;
 use switchyard_model::SpiffeId;
 use switchyard_protos::switchyard::ca::v1::{
     CreateCertificateRequest, CreateCertificateResponse,
@@ -17,6 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::cache::SnapshotCache;
+use crate::trust::Trust;
 
 /// Namespace of the node agents.
 pub const AGENT_NAMESPACE: &str = "switchyard-system";
@@ -26,45 +28,61 @@ pub const AGENT_ACCOUNTS: [&str; 2] = ["ztunnel", "ebpf-agent"];
 /// The certificate service.
 #[derive(Debug, Clone)]
 pub struct CaService {
-    authority: Arc<Authority>,
+    trust: Arc<Trust>,
     tokens: Arc<TokenAuthority>,
     cache: Arc<SnapshotCache>,
 }
 
 impl CaService {
-    /// A service signing with `authority`, trusting tokens of `tokens`, authorising against
-    /// the mesh in `cache`.
-    pub fn new(
-        authority: Arc<Authority>,
-        tokens: Arc<TokenAuthority>,
-        cache: Arc<SnapshotCache>,
-    ) -> Self {
+    /// A service signing with `trust`'s authority, trusting tokens of `tokens`, authorising
+    /// against the mesh in `cache`.
+    pub fn new(trust: Arc<Trust>, tokens: Arc<TokenAuthority>, cache: Arc<SnapshotCache>) -> Self {
         CaService {
-            authority,
+            trust,
             tokens,
             cache,
         }
     }
 
-    fn authenticate(&self, req: &Request<CreateCertificateRequest>) -> Result<Claims, Status> {
-        let header = req.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("no credentials: send `authorization: Bearer <token>`")
-        })?;
+    fn authenticate(&self, req: &Request<CreateCertificateRequest>) -> Result<Caller, Status> {
+        let Some(header) = req.metadata().get("authorization") else {
+            // Renewal: the TLS layer has verified the chain against the bundle.
+            if let Some(certs) = req.peer_certs() {
+                let id = switchyard_dataplane_runtime::tls::peer_identity(&certs)
+                    .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+                return Ok(Caller {
+                    ns: id.namespace,
+                    sa: id.service_account,
+                    node: None,
+                    via: "client certificate",
+                });
+            }
+            return Err(Status::unauthenticated(
+                "no credentials: send `authorization: Bearer <token>`, or renew over TLS with the current certificate",
+            ));
+        };
         let value = header
             .to_str()
             .map_err(|_| Status::unauthenticated("authorization header is not text"))?;
         let token = value
             .strip_prefix("Bearer ")
             .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
-        self.tokens
+        let claims = self
+            .tokens
             .verify(token)
-            .map_err(|e| Status::unauthenticated(e.to_string()))
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        Ok(Caller {
+            ns: claims.ns,
+            sa: claims.sa,
+            node: claims.node,
+            via: "token",
+        })
     }
 
     /// Whether `caller` may have a certificate for `asked`; the reason either way.
     fn authorise(
         &self,
-        caller: &Claims,
+        caller: &Caller,
         caller_id: &SpiffeId,
         asked: &SpiffeId,
     ) -> Result<String, String> {
@@ -78,7 +96,10 @@ impl CaService {
             ));
         }
         let Some(node) = &caller.node else {
-            return Err(format!("node agent {caller_id} has no node in its token"));
+            return Err(format!(
+                "node agent {caller_id} authenticated by {} has no node: asking for a pod's identity needs a token with a node",
+                caller.via
+            ));
         };
         let mesh = self.cache.generation().mesh().clone();
         let on_node = mesh.workloads.values().any(|w| {
@@ -96,6 +117,15 @@ impl CaService {
     }
 }
 
+/// Who is asking, once authenticated.
+#[derive(Debug)]
+struct Caller {
+    ns: String,
+    sa: String,
+    node: Option<String>,
+    via: &'static str,
+}
+
 fn audit(caller: &str, asked: &str, verdict: &str, reason: &str) {
     info!(target: "audit", caller, identity = asked, verdict, reason, "certificate request");
 }
@@ -106,6 +136,7 @@ impl CertificateService for CaService {
         &self,
         request: Request<CreateCertificateRequest>,
     ) -> Result<Response<CreateCertificateResponse>, Status> {
+        let authority = self.trust.authority();
         let claims = match self.authenticate(&request) {
             Ok(c) => c,
             Err(status) => {
@@ -113,7 +144,7 @@ impl CertificateService for CaService {
                 return Err(status);
             }
         };
-        let td = self.authority.config().trust_domain.clone();
+        let td = authority.config().trust_domain.clone();
         let caller_id = SpiffeId::new(&td, &claims.ns, &claims.sa);
         let caller = caller_id.to_string();
         let req = request.into_inner();
@@ -144,15 +175,14 @@ impl CertificateService for CaService {
             Ok(reason) => {
                 let requested = (req.validity_seconds > 0)
                     .then(|| Duration::from_secs(req.validity_seconds as u64));
-                let issued = self
-                    .authority
+                let issued = authority
                     .issue(&csr, &asked, requested)
                     .map_err(|e| Status::internal(e.to_string()))?;
                 audit(
                     &caller,
                     &asked.to_string(),
                     "ALLOW",
-                    &format!("{reason}; serial {}", issued.serial),
+                    &format!("{reason} ({}); serial {}", claims.via, issued.serial),
                 );
                 Ok(Response::new(CreateCertificateResponse {
                     cert_chain: issued.chain,

@@ -7,6 +7,7 @@
 //! | key | default | meaning |
 //! |---|---|---|
 //! | `xds_address` | `0.0.0.0:15010` | plaintext xDS/CA gRPC |
+//! | `xds_tls_address` | `0.0.0.0:15012` | xDS/CA gRPC over TLS (server certificate from the CA) |
 //! | `admin_address` | `0.0.0.0:15014` | HTTP admin: metrics, health, debug |
 //! | `config_dir` | (required) | directory of Kubernetes YAML manifests |
 //! | `ca_dir` | `switchyard-ca` | CA root (generated on first start) and token key |
@@ -14,6 +15,8 @@
 //! | `cluster_domain` | `cluster.local` | Kubernetes DNS domain |
 //! | `default_mode` | `ztunnel` | dataplane of unlabelled namespaces |
 //! | `root_namespace` | `switchyard-system` | namespace of mesh-wide policies |
+//! | `cert_default_ttl_s` | `86400` | workload certificate lifetime when the CSR asks for none |
+//! | `cert_max_ttl_s` | `86400` | longest workload certificate lifetime granted |
 //! | `push_debounce_ms` | `100` | quiet time before a model change is pushed |
 //! | `source_debounce_ms` | `100` | quiet time before a changed directory is re-read |
 //! | `max_request_bytes` | `4194304` | largest xDS request accepted |
@@ -32,6 +35,7 @@ use switchyard_model::{DataplaneMode, MeshConfig};
 /// Every key, with its default (`None`: no default).
 const KEYS: &[(&str, Option<&str>)] = &[
     ("xds_address", Some("0.0.0.0:15010")),
+    ("xds_tls_address", Some("0.0.0.0:15012")),
     ("admin_address", Some("0.0.0.0:15014")),
     ("config_dir", None),
     ("ca_dir", Some("switchyard-ca")),
@@ -39,6 +43,8 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("cluster_domain", Some("cluster.local")),
     ("default_mode", Some("ztunnel")),
     ("root_namespace", Some("switchyard-system")),
+    ("cert_default_ttl_s", Some("86400")),
+    ("cert_max_ttl_s", Some("86400")),
     ("push_debounce_ms", Some("100")),
     ("source_debounce_ms", Some("100")),
     ("max_request_bytes", Some("4194304")),
@@ -63,6 +69,12 @@ pub struct Config {
     pub xds_address: SocketAddr,
     /// Admin HTTP listen address.
     pub admin_address: SocketAddr,
+    /// xDS/CA gRPC over TLS.
+    pub xds_tls_address: SocketAddr,
+    /// Workload certificate lifetime when none is asked for.
+    pub cert_default_ttl: Duration,
+    /// Longest workload certificate lifetime.
+    pub cert_max_ttl: Duration,
     /// Manifest directory.
     pub config_dir: PathBuf,
     /// CA directory.
@@ -249,6 +261,9 @@ impl RawConfig {
         };
         parse("xds_address", &addr);
         parse("admin_address", &addr);
+        parse("xds_tls_address", &addr);
+        parse("cert_default_ttl_s", &num);
+        parse("cert_max_ttl_s", &num);
         parse("push_debounce_ms", &num);
         parse("source_debounce_ms", &num);
         parse("max_request_bytes", &num);
@@ -293,6 +308,11 @@ impl RawConfig {
             admin_address: s("admin_address")
                 .parse()
                 .map_err(|_| ConfigError(vec![]))?,
+            xds_tls_address: s("xds_tls_address")
+                .parse()
+                .map_err(|_| ConfigError(vec![]))?,
+            cert_default_ttl: Duration::from_secs(n("cert_default_ttl_s")),
+            cert_max_ttl: Duration::from_secs(n("cert_max_ttl_s")),
             config_dir: PathBuf::from(s("config_dir")),
             ca_dir: PathBuf::from(s("ca_dir")),
             mesh: MeshConfig {
@@ -300,6 +320,7 @@ impl RawConfig {
                 cluster_domain: s("cluster_domain"),
                 default_mode: s("default_mode").parse().unwrap_or(DataplaneMode::Ztunnel),
                 root_namespace: s("root_namespace"),
+                trust_bundle: Default::default(),
             },
             push_debounce: Duration::from_millis(n("push_debounce_ms")),
             source_debounce: Duration::from_millis(n("source_debounce_ms")),
@@ -323,6 +344,9 @@ impl Config {
             ca_dir: ca_dir.into(),
             xds_address: loopback,
             admin_address: loopback,
+            xds_tls_address: loopback,
+            cert_default_ttl: Duration::from_secs(24 * 3600),
+            cert_max_ttl: Duration::from_secs(24 * 3600),
             config_dir: config_dir.into(),
             mesh: MeshConfig::default(),
             push_debounce: Duration::from_millis(20),

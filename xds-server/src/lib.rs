@@ -17,6 +17,8 @@ pub mod server;
 pub mod snapshot;
 pub mod sources;
 pub mod state;
+pub mod tls_listener;
+pub mod trust;
 
 pub use config::Config;
 pub use server::Server;

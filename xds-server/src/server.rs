@@ -29,6 +29,7 @@ use crate::render::RenderOptions;
 use crate::sources::dir::DirectorySource;
 use crate::sources::{Source, SourceReport};
 use crate::state::{self, MeshStatus, Published};
+use crate::trust::Trust;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,9 @@ pub enum ServerError {
     /// The token key is unusable.
     #[error("certificate authority: {0}")]
     TokenKey(#[from] switchyard_ca::token::TokenKeyError),
+    /// The control plane's own TLS certificate could not be issued.
+    #[error("{0}")]
+    OwnCert(#[from] crate::tls_listener::OwnCertError),
     /// A listen address is taken or not allowed.
     #[error("cannot listen on {address} for {what}: {source} (is another switchyard running?)")]
     Bind {
@@ -55,6 +59,8 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct Server {
     xds_address: SocketAddr,
+    xds_tls_address: SocketAddr,
+    trust: Arc<Trust>,
     admin_address: SocketAddr,
     cache: Arc<SnapshotCache>,
     status: Arc<ArcSwap<MeshStatus>>,
@@ -86,6 +92,14 @@ impl Server {
     ) -> Result<Server, ServerError> {
         let xds_listener = bind("xds", config.xds_address).await?;
         let admin_listener = bind("admin", config.admin_address).await?;
+        let tls_listener = bind("xds-tls", config.xds_tls_address).await?;
+        let xds_tls_address = tls_listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                what: "xds-tls",
+                address: config.xds_tls_address,
+                source,
+            })?;
         let xds_address = xds_listener
             .local_addr()
             .map_err(|source| ServerError::Bind {
@@ -101,13 +115,15 @@ impl Server {
                 source,
             })?;
 
-        let authority = Arc::new(switchyard_ca::load_or_create_root(
-            &config.ca_dir,
+        let trust = Arc::new(Trust::load(
+            config.ca_dir.clone(),
             switchyard_ca::AuthorityConfig {
                 trust_domain: config.mesh.trust_domain.clone(),
-                ..Default::default()
+                default_ttl: config.cert_default_ttl,
+                max_ttl: config.cert_max_ttl,
             },
         )?);
+        let own_identity = crate::tls_listener::own_identity(&trust)?;
         let tokens = Arc::new(switchyard_ca::token::TokenAuthority::load_or_create(
             &config.ca_dir,
         )?);
@@ -133,9 +149,12 @@ impl Server {
         tasks.push(tokio::spawn(source.run(report_tx, shutdown.clone())));
         let (mesh_tx, mesh_rx) = watch::channel::<Published>((empty, Instant::now()));
         tasks.push(tokio::spawn(state::follow(
-            description.clone(),
-            report_rx,
-            config.mesh.clone(),
+            state::MeshInputs {
+                source: description.clone(),
+                reports: report_rx,
+                config: config.mesh.clone(),
+                bundle: trust.bundle(),
+            },
             mesh_tx,
             status.clone(),
             metrics.clone(),
@@ -156,16 +175,20 @@ impl Server {
         let csds = ClientStatusDiscoveryServiceServer::new(CsdsService::new(cache.clone()))
             .max_decoding_message_size(config.max_request_bytes);
         let certificates =
-            CertificateServiceServer::new(CaService::new(authority, tokens, cache.clone()))
+            CertificateServiceServer::new(CaService::new(trust.clone(), tokens, cache.clone()))
                 .max_decoding_message_size(config.max_request_bytes);
-        let grpc_shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
+        let grpc = || {
+            tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .add_service(ads)
-                .add_service(csds)
-                .add_service(certificates)
+                .add_service(ads.clone())
+                .add_service(csds.clone())
+                .add_service(certificates.clone())
+        };
+        let plain = grpc();
+        let grpc_shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = plain
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(xds_listener),
                     grpc_shutdown.cancelled_owned(),
@@ -175,12 +198,32 @@ impl Server {
                 error!(error = %e, "xds server stopped");
             }
         }));
+        let secure = grpc();
+        let incoming = crate::tls_listener::incoming(tls_listener, &own_identity, shutdown.clone());
+        let grpc_shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = secure
+                .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
+                .await;
+            if let Err(e) = result {
+                error!(error = %e, "xds tls server stopped");
+            }
+        }));
+        tasks.push(tokio::spawn(crate::tls_listener::keep_fresh(
+            trust.clone(),
+            own_identity,
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(
+            trust.clone().drive(cache.clone(), shutdown.clone()),
+        ));
 
         // admin
         let app = admin::router(AdminState {
             cache: cache.clone(),
             status: status.clone(),
             registry,
+            trust: trust.clone(),
             test_hooks: config.test_hooks,
         });
         let admin_shutdown = shutdown.clone();
@@ -192,9 +235,11 @@ impl Server {
                 error!(error = %e, "admin server stopped");
             }
         }));
-        info!(xds = %xds_address, admin = %admin_address, source = %description, "switchyard started");
+        info!(xds = %xds_address, xds_tls = %xds_tls_address, admin = %admin_address, source = %description, "switchyard started");
         Ok(Server {
             xds_address,
+            xds_tls_address,
+            trust,
             admin_address,
             cache,
             status,
@@ -206,6 +251,16 @@ impl Server {
     /// Where xDS is served.
     pub fn xds_address(&self) -> SocketAddr {
         self.xds_address
+    }
+
+    /// Where xDS/CA over TLS is served.
+    pub fn xds_tls_address(&self) -> SocketAddr {
+        self.xds_tls_address
+    }
+
+    /// The CA's run-time state.
+    pub fn trust(&self) -> &Arc<Trust> {
+        &self.trust
     }
 
     /// Where admin is served.

@@ -52,20 +52,45 @@ mod system_time {
 /// A published mesh and when the change that produced it was seen.
 pub type Published = (Arc<Mesh>, Instant);
 
-/// Follows `reports`, publishing each new mesh on `meshes` and status on `status`.
+/// What a mesh is built from.
+#[derive(Debug)]
+pub struct MeshInputs {
+    /// Source description (for status).
+    pub source: String,
+    /// Cluster objects, as the source reads them.
+    pub reports: watch::Receiver<SourceReport>,
+    /// Mesh-wide settings.
+    pub config: MeshConfig,
+    /// The CA's trust bundle (goes into `config.trust_bundle`).
+    pub bundle: watch::Receiver<Arc<[String]>>,
+}
+
+/// Follows the inputs, publishing each new mesh on `meshes` and status on `status`; a new
+/// trust bundle rebuilds the mesh from the same objects.
 pub async fn follow(
-    source: String,
-    mut reports: watch::Receiver<SourceReport>,
-    config: MeshConfig,
+    inputs: MeshInputs,
     meshes: watch::Sender<Published>,
     status: Arc<ArcSwap<MeshStatus>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let MeshInputs {
+        source,
+        mut reports,
+        mut config,
+        mut bundle,
+    } = inputs;
     let mut generation = meshes.borrow().0.generation;
     let mut built_from: Option<Arc<ClusterObjects>> = None;
     loop {
         let report = reports.borrow_and_update().clone();
+        let new_bundle = bundle.borrow_and_update().clone();
+        if new_bundle != config.trust_bundle {
+            info!(roots = new_bundle.len(), "trust bundle changed");
+            config.trust_bundle = new_bundle;
+            // rebuild from the same objects with the new bundle
+            built_from = None;
+        }
         let seen = Instant::now();
         let mut problems = report.problems.clone();
         let mut current = (*status.load_full()).clone();
@@ -117,6 +142,7 @@ pub async fn follow(
         status.store(Arc::new(current));
         tokio::select! {
             changed = reports.changed() => if changed.is_err() { return },
+            changed = bundle.changed() => if changed.is_err() { return },
             _ = shutdown.cancelled() => return,
         }
     }

@@ -12,7 +12,11 @@
 //!   service by `Host`); `inbound` on `<listen>:15006` with a chain per inbound port.
 //! * RDS: `<port>` and `outbound-http`, built from services and their HTTPRoute/GRPCRoute.
 //!
-//! mTLS is not rendered yet: [`transport_socket`] is the one place that will add it.
+//! mTLS (see [`super::secret`]): outbound clusters carry a transport socket match that turns
+//! on mTLS, with a SAN matcher for the endpoints' SPIFFE IDs, for endpoints whose pods run a
+//! per-pod proxy (mode `sidecar`); the inbound listener terminates mTLS per port as the
+//! port's PeerAuthentication mode says (STRICT, PERMISSIVE via the TLS inspector, DISABLE)
+//! and tells the app who called in `x-forwarded-client-cert`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -20,7 +24,8 @@ use std::sync::Arc;
 
 use switchyard_model::view::{PortView, ProxyView, Scope, ServiceView};
 use switchyard_model::{
-    AppProtocol, Endpoint, Locality, Route, RouteKind, RouteMatch, StringMatch,
+    AppProtocol, DataplaneMode, Endpoint, Locality, Route, RouteKind, RouteMatch, SpiffeId,
+    StringMatch,
 };
 use switchyard_protos::envoy::envoy::config::cluster::v3 as cluster;
 use switchyard_protos::envoy::envoy::config::core::v3 as core;
@@ -29,12 +34,14 @@ use switchyard_protos::envoy::envoy::config::listener::v3 as listener;
 use switchyard_protos::envoy::envoy::config::route::v3 as route;
 use switchyard_protos::envoy::envoy::extensions::filters::http::router::v3::Router;
 use switchyard_protos::envoy::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use switchyard_protos::envoy::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use switchyard_protos::envoy::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use switchyard_protos::envoy::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use switchyard_protos::envoy::envoy::extensions::upstreams::http::v3 as upstream_http;
 use switchyard_protos::envoy::envoy::r#type::matcher::v3 as matcher;
 use switchyard_protos::{TypeUrl, pack, wkt};
 
+use super::secret::{TLS_MODE_KEY, TLS_MODE_MTLS, downstream_mtls, inbound_accepts, upstream_mtls};
 use super::{RenderOptions, ServiceResources, cluster_name, duration, hostname};
 use crate::snapshot::{Resource, ResourceMap};
 
@@ -92,7 +99,12 @@ pub fn service_parts(view: &ServiceView, opts: &RenderOptions) -> ServiceParts {
         parts.clusters.push(Resource::new(
             TypeUrl::Cluster,
             name.as_str(),
-            &eds_cluster(&name, pv.port.protocol, opts),
+            &eds_cluster(
+                &name,
+                pv.port.protocol,
+                &mtls_identities(&pv.endpoints),
+                opts,
+            ),
         ));
         parts.load_assignments.push(Resource::new(
             TypeUrl::ClusterLoadAssignment,
@@ -121,12 +133,28 @@ pub fn service_parts(view: &ServiceView, opts: &RenderOptions) -> ServiceParts {
                     &format!("outbound|{}", pv.port.port),
                     &name,
                 )],
-                transport_socket: transport_socket(),
                 ..Default::default()
             });
         }
     }
     parts
+}
+
+/// Whether the client side talks mTLS to `e`: its pod runs a per-pod proxy that terminates
+/// Switchyard mTLS on the target port. (Endpoints of ztunnel and eBPF pods are reached over
+/// HBONE by those dataplanes; outside the mesh, plaintext.)
+fn is_mtls(e: &Endpoint) -> bool {
+    e.mode == DataplaneMode::Sidecar && e.identity.is_some()
+}
+
+/// Distinct SPIFFE IDs of the mTLS endpoints, sorted.
+fn mtls_identities(eps: &[Endpoint]) -> Vec<&SpiffeId> {
+    let set: BTreeSet<&SpiffeId> = eps
+        .iter()
+        .filter(|e| is_mtls(e))
+        .filter_map(|e| e.identity.as_ref())
+        .collect();
+    set.into_iter().collect()
 }
 
 /// Which client reads a route: Envoy or a proxyless gRPC library (which supports fewer
@@ -464,7 +492,12 @@ fn http2_options() -> std::collections::HashMap<String, wkt::Any> {
     )])
 }
 
-fn eds_cluster(name: &str, protocol: AppProtocol, opts: &RenderOptions) -> cluster::Cluster {
+fn eds_cluster(
+    name: &str,
+    protocol: AppProtocol,
+    sans: &[&SpiffeId],
+    opts: &RenderOptions,
+) -> cluster::Cluster {
     cluster::Cluster {
         name: name.to_string(),
         cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
@@ -489,8 +522,27 @@ fn eds_cluster(name: &str, protocol: AppProtocol, opts: &RenderOptions) -> clust
         } else {
             Default::default()
         },
-        transport_socket: transport_socket(),
+        transport_socket_matches: if sans.is_empty() {
+            Vec::new()
+        } else {
+            vec![cluster::cluster::TransportSocketMatch {
+                name: "mtls".into(),
+                r#match: Some(tls_mode_struct()),
+                transport_socket: Some(upstream_mtls(sans, protocol.is_http2())),
+            }]
+        },
         ..Default::default()
+    }
+}
+
+fn tls_mode_struct() -> wkt::Struct {
+    wkt::Struct {
+        fields: std::collections::HashMap::from([(
+            TLS_MODE_KEY.to_string(),
+            wkt::Value {
+                kind: Some(wkt::value::Kind::StringValue(TLS_MODE_MTLS.into())),
+            },
+        )]),
     }
 }
 
@@ -510,7 +562,7 @@ fn static_cluster(
         load_assignment: Some(endpoint::ClusterLoadAssignment {
             cluster_name: name.to_string(),
             endpoints: vec![endpoint::LocalityLbEndpoints {
-                lb_endpoints: vec![lb_endpoint(ip, port, true)],
+                lb_endpoints: vec![lb_endpoint(ip, port, true, false)],
                 ..Default::default()
             }],
             ..Default::default()
@@ -546,8 +598,15 @@ pub(crate) fn socket_address(ip: IpAddr, port: u16) -> core::Address {
     }
 }
 
-fn lb_endpoint(ip: IpAddr, port: u16, healthy: bool) -> endpoint::LbEndpoint {
+fn lb_endpoint(ip: IpAddr, port: u16, healthy: bool, mtls: bool) -> endpoint::LbEndpoint {
     endpoint::LbEndpoint {
+        metadata: mtls.then(|| core::Metadata {
+            filter_metadata: std::collections::HashMap::from([(
+                "envoy.transport_socket_match".to_string(),
+                tls_mode_struct(),
+            )]),
+            ..Default::default()
+        }),
         health_status: if healthy {
             core::HealthStatus::Healthy as i32
         } else {
@@ -584,7 +643,7 @@ pub(crate) fn load_assignment(name: &str, eps: &[Endpoint]) -> endpoint::Cluster
                     }),
                     lb_endpoints: list
                         .iter()
-                        .map(|e| lb_endpoint(e.ip, e.port, e.healthy))
+                        .map(|e| lb_endpoint(e.ip, e.port, e.healthy, is_mtls(e)))
                         .collect(),
                     load_balancing_weight: Some(wkt::UInt32Value {
                         value: healthy.max(1),
@@ -606,11 +665,6 @@ fn cidr(ip: IpAddr) -> core::CidrRange {
     }
 }
 
-/// Where mTLS will be added (the CA issue): `None` means plaintext.
-pub fn transport_socket() -> Option<core::TransportSocket> {
-    None
-}
-
 fn router_filter() -> hcm::HttpFilter {
     hcm::HttpFilter {
         name: "envoy.filters.http.router".into(),
@@ -625,7 +679,28 @@ fn hcm_filter(
     stat_prefix: &str,
     route: hcm::http_connection_manager::RouteSpecifier,
 ) -> listener::Filter {
+    hcm_filter_xfcc(stat_prefix, route, false)
+}
+
+/// An HCM; with `peer_cert`, the caller's SPIFFE ID (from its client certificate) is set in
+/// `x-forwarded-client-cert`; otherwise whatever the client sent there is removed (SANITIZE).
+fn hcm_filter_xfcc(
+    stat_prefix: &str,
+    route: hcm::http_connection_manager::RouteSpecifier,
+    peer_cert: bool,
+) -> listener::Filter {
     let cfg = hcm::HttpConnectionManager {
+        forward_client_cert_details: if peer_cert {
+            hcm::http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32
+        } else {
+            hcm::http_connection_manager::ForwardClientCertDetails::Sanitize as i32
+        },
+        set_current_client_cert_details: peer_cert.then_some(
+            hcm::http_connection_manager::SetCurrentClientCertDetails {
+                uri: true,
+                ..Default::default()
+            },
+        ),
         stat_prefix: stat_prefix.to_string(),
         codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
         http_filters: vec![router_filter()],
@@ -666,6 +741,42 @@ fn original_dst_filter() -> listener::ListenerFilter {
         config_type: Some(listener::listener_filter::ConfigType::TypedConfig(pack(
             &OriginalDst::default(),
         ))),
+        ..Default::default()
+    }
+}
+
+fn tls_inspector_filter() -> listener::ListenerFilter {
+    listener::ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(listener::listener_filter::ConfigType::TypedConfig(pack(
+            &TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// The route of an inbound HTTP port: everything to the local app.
+fn inbound_route(name: &str) -> route::RouteConfiguration {
+    route::RouteConfiguration {
+        name: name.to_string(),
+        virtual_hosts: vec![route::VirtualHost {
+            name: name.to_string(),
+            domains: vec!["*".into()],
+            routes: vec![route::Route {
+                r#match: Some(route::RouteMatch {
+                    path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(route::route::Action::Route(route::RouteAction {
+                    cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
+                        name.to_string(),
+                    )),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
         ..Default::default()
     }
 }
@@ -831,53 +942,51 @@ pub fn own_maps(
             name.as_str(),
             &static_cluster(&name, local, p.port, p.protocol, opts),
         ));
-        let filter = if p.protocol.is_http() {
-            hcm_filter(
-                &format!("inbound_{}", p.port),
-                hcm::http_connection_manager::RouteSpecifier::RouteConfig(
-                    route::RouteConfiguration {
-                        name: name.clone(),
-                        virtual_hosts: vec![route::VirtualHost {
-                            name: name.clone(),
-                            domains: vec!["*".into()],
-                            routes: vec![route::Route {
-                                r#match: Some(route::RouteMatch {
-                                    path_specifier: Some(
-                                        route::route_match::PathSpecifier::Prefix("/".into()),
-                                    ),
-                                    ..Default::default()
-                                }),
-                                action: Some(route::route::Action::Route(route::RouteAction {
-                                    cluster_specifier: Some(
-                                        route::route_action::ClusterSpecifier::Cluster(
-                                            name.clone(),
-                                        ),
-                                    ),
-                                    ..Default::default()
-                                })),
-                                ..Default::default()
-                            }],
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    },
-                ),
-            )
-        } else {
-            tcp_proxy_filter(&format!("inbound_{}", p.port), &name)
+        let filter = |tls: bool| {
+            if p.protocol.is_http() {
+                hcm_filter_xfcc(
+                    &format!("inbound_{}", p.port),
+                    hcm::http_connection_manager::RouteSpecifier::RouteConfig(inbound_route(&name)),
+                    tls,
+                )
+            } else {
+                tcp_proxy_filter(&format!("inbound_{}", p.port), &name)
+            }
         };
-        chains.push(listener::FilterChain {
-            name: format!("inbound|{}", p.port),
-            filter_chain_match: port_match(p.port),
-            filters: vec![filter],
-            transport_socket: transport_socket(),
-            ..Default::default()
-        });
+        let (mtls, plaintext) = inbound_accepts(p.mtls);
+        if mtls {
+            chains.push(listener::FilterChain {
+                name: format!("inbound-mtls|{}", p.port),
+                filter_chain_match: Some(listener::FilterChainMatch {
+                    destination_port: Some(wkt::UInt32Value {
+                        value: p.port.into(),
+                    }),
+                    // STRICT: every connection to the port must be TLS.
+                    transport_protocol: if plaintext {
+                        "tls".into()
+                    } else {
+                        String::new()
+                    },
+                    ..Default::default()
+                }),
+                filters: vec![filter(true)],
+                transport_socket: Some(downstream_mtls()),
+                ..Default::default()
+            });
+        }
+        if plaintext {
+            chains.push(listener::FilterChain {
+                name: format!("inbound|{}", p.port),
+                filter_chain_match: port_match(p.port),
+                filters: vec![filter(false)],
+                ..Default::default()
+            });
+        }
     }
     let l = listener::Listener {
         name: INBOUND_LISTENER.into(),
         address: Some(socket_address(listen, INBOUND_PORT)),
-        listener_filters: vec![original_dst_filter()],
+        listener_filters: vec![original_dst_filter(), tls_inspector_filter()],
         filter_chains: chains,
         default_filter_chain: Some(listener::FilterChain {
             name: "inbound-passthrough".into(),

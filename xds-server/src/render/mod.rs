@@ -25,6 +25,7 @@ use crate::snapshot::{Resource, ResourceMap, Snapshot, TypeSnapshot};
 pub mod check;
 pub mod envoy;
 pub mod grpc;
+pub mod secret;
 pub mod workload;
 
 /// Settings renderers need that are not part of the mesh.
@@ -175,6 +176,8 @@ pub struct Generation {
     options: Arc<RenderOptions>,
     scopes: Mutex<HashMap<(ScopeKey, Family), TypeMaps>>,
     listeners: Mutex<HashMap<(ScopeKey, IpAddr), Arc<ResourceMap>>>,
+    /// SDS secrets every proxy is sent (`ROOTCA`).
+    secrets: OnceLock<Arc<ResourceMap>>,
 }
 
 impl Generation {
@@ -194,6 +197,7 @@ impl Generation {
             options,
             scopes: Mutex::new(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
+            secrets: OnceLock::new(),
         }
     }
 
@@ -315,6 +319,15 @@ impl Generation {
             }
             types.push((t, TypeSnapshot::new(layers)));
         }
+        let secrets = self
+            .secrets
+            .get_or_init(|| {
+                Arc::new(ResourceMap::new(secret::root_ca(
+                    &self.mesh().config.trust_bundle,
+                )))
+            })
+            .clone();
+        types.push((TypeUrl::Secret, TypeSnapshot::new(vec![secrets])));
         Snapshot::new(self.mesh().generation, self.changed_at, types)
     }
 }

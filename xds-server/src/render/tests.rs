@@ -24,8 +24,14 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// Rendering does not parse the roots, so a placeholder is enough.
+const TEST_ROOT: &str = "-----BEGIN CERTIFICATE-----\nTEST\n-----END CERTIFICATE-----\n";
+
 fn mesh() -> Arc<Mesh> {
-    let mut b = MeshBuilder::new(MeshConfig::default());
+    let mut b = MeshBuilder::new(MeshConfig {
+        trust_bundle: Arc::from(vec![TEST_ROOT.to_string()]),
+        ..MeshConfig::default()
+    });
     b.namespace(NamespaceInput {
         name: "default".into(),
         mode: Some(DataplaneMode::Sidecar),
@@ -318,10 +324,20 @@ fn listeners_capture_tcp_by_vip_and_http_by_port() {
         format!("{:?}", Some(envoy::socket_address(ip("127.0.0.2"), 15001)))
     );
     let inbound: Listener = decode(&snap, TypeUrl::Listener, envoy::INBOUND_LISTENER);
+    let names: Vec<&str> = inbound
+        .filter_chains
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
     assert_eq!(
-        inbound.filter_chains.len(),
-        2,
-        "echo-1 serves 18080 (http) and 19090 (grpc)"
+        names,
+        [
+            "inbound-mtls|18080",
+            "inbound|18080",
+            "inbound-mtls|19090",
+            "inbound|19090"
+        ],
+        "echo-1 serves 18080 (http) and 19090 (grpc), PERMISSIVE: mTLS and plaintext each"
     );
     let clusters = snap.get(TypeUrl::Cluster).unwrap();
     assert!(clusters.get("inbound|18080||").is_some() && clusters.get("inbound|19090||").is_some());
@@ -398,5 +414,71 @@ fn unchanged_services_are_not_rendered_again() {
             .get("outbound|8080||echo.default.svc.cluster.local")
             .unwrap();
         assert!(Arc::ptr_eq(rx, ry), "same Arc: rendered once");
+    }
+}
+
+#[test]
+fn mtls_to_sidecar_endpoints_with_their_identities_and_rootca_for_every_kind() {
+    use switchyard_protos::envoy::envoy::extensions::transport_sockets::tls::v3 as tls;
+    let snap = snapshot(ENVOY);
+    let c: switchyard_protos::envoy::envoy::config::cluster::v3::Cluster = decode(
+        &snap,
+        TypeUrl::Cluster,
+        "outbound|8080||echo.default.svc.cluster.local",
+    );
+    assert_eq!(c.transport_socket_matches.len(), 1);
+    let ts = c.transport_socket_matches[0]
+        .transport_socket
+        .clone()
+        .unwrap();
+    let Some(switchyard_protos::envoy::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) = ts.config_type else {
+        panic!("no typed config");
+    };
+    let ctx = tls::UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+    let common = ctx.common_tls_context.unwrap();
+    assert_eq!(common.tls_certificate_sds_secret_configs[0].name, "default");
+    let Some(tls::common_tls_context::ValidationContextType::CombinedValidationContext(v)) =
+        common.validation_context_type
+    else {
+        panic!("no combined validation context");
+    };
+    assert_eq!(
+        v.validation_context_sds_secret_config.unwrap().name,
+        "ROOTCA"
+    );
+    let sans: Vec<String> = v
+        .default_validation_context
+        .unwrap()
+        .match_typed_subject_alt_names
+        .iter()
+        .map(|m| format!("{:?}", m.matcher.as_ref().unwrap().match_pattern))
+        .collect();
+    assert_eq!(sans.len(), 1, "{sans:?}");
+    assert!(
+        sans[0].contains("spiffe://cluster.local/ns/default/sa/default"),
+        "{sans:?}"
+    );
+    // every endpoint is a sidecar pod: each carries the mTLS match label
+    let cla: switchyard_protos::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment = decode(
+        &snap,
+        TypeUrl::ClusterLoadAssignment,
+        "outbound|8080||echo.default.svc.cluster.local",
+    );
+    for e in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
+        let md = e.metadata.as_ref().expect("mtls endpoint metadata");
+        assert!(
+            md.filter_metadata
+                .contains_key("envoy.transport_socket_match")
+        );
+    }
+    // ROOTCA goes to every kind
+    for id in [ENVOY, GRPC, ZTUNNEL] {
+        let snap = snapshot(id);
+        let secret: tls::Secret = decode(&snap, TypeUrl::Secret, "ROOTCA");
+        let Some(tls::secret::Type::ValidationContext(vc)) = secret.r#type else {
+            panic!("ROOTCA is not a validation context");
+        };
+        let ca = format!("{:?}", vc.trusted_ca.unwrap().specifier);
+        assert!(ca.contains("TEST"), "{ca}");
     }
 }
