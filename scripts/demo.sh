@@ -4,7 +4,8 @@
 # flow through both and the control plane shows every proxy in sync.
 #
 # Usage: scripts/demo.sh [--keep]   (--keep leaves everything running until Ctrl-C)
-# Everything listens on loopback only: switchyard 127.0.0.1:15010 (xDS) and :15014 (admin),
+# Everything listens on loopback only: switchyard 127.0.0.1:15010 (xDS), :15012 (xDS/CA over
+# TLS) and :15014 (admin),
 # Envoy on 127.0.0.2 (15001 outbound, admin 127.0.0.1:15000), backends on 127.0.0.11/12.
 set -euo pipefail
 
@@ -31,7 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for port in 15010 15014 15000; do
+for port in 15010 15012 15014 15000; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "demo: port 127.0.0.1:$port is in use (another demo running?)" >&2
         exit 1
@@ -49,7 +50,7 @@ wait_http() { # url, what
 
 step "starting switchyard (manifests: examples/demo/manifests)"
 "$BIN/switchyard" serve --config-dir examples/demo/manifests \
-    --xds-address 127.0.0.1:15010 --admin-address 127.0.0.1:15014 --set "ca_dir=$WORK/ca" \
+    --xds-address 127.0.0.1:15010 --admin-address 127.0.0.1:15014 --set "ca_dir=$WORK/ca" --set xds_tls_address=127.0.0.1:15012 \
     >"$WORK/switchyard.log" 2>&1 &
 PIDS+=($!)
 wait_http http://127.0.0.1:15014/readyz "switchyard"

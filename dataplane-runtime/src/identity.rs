@@ -126,6 +126,46 @@ pub fn control_plane_identity(trust_domain: &str) -> SpiffeId {
     SpiffeId::new(trust_domain, "switchyard-system", "switchyard")
 }
 
+/// A lazily connecting gRPC channel to the control plane at `address` (xDS and the CA share
+/// it): plaintext, or TLS verifying the control plane's SPIFFE ID and presenting the store's
+/// current certificate.
+pub fn control_plane_channel(
+    address: SocketAddr,
+    transport: &CaTransport,
+) -> Result<Channel, IdentityError> {
+    let uri = format!("http://{address}");
+    let endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(|e| IdentityError::Address {
+            address: uri.clone(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(5));
+    Ok(match transport {
+        CaTransport::Plaintext => endpoint.connect_lazy(),
+        CaTransport::Tls { server, store } => {
+            let config =
+                client_config(store, Expected::Exact(server.clone()), vec![b"h2".to_vec()]);
+            let connector = tokio_rustls::TlsConnector::from(config);
+            endpoint.connect_with_connector_lazy(tower::service_fn(
+                move |uri: tonic::codegen::http::Uri| {
+                    let connector = connector.clone();
+                    async move {
+                        let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+                        let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
+                        tcp.set_nodelay(true)?;
+                        // The name is not checked (the verifier checks the SPIFFE ID).
+                        let name =
+                            rustls_pki_types::ServerName::try_from("switchyard-control-plane")
+                                .map_err(std::io::Error::other)?;
+                        let tls = connector.connect(name, tcp).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                    }
+                },
+            ))
+        }
+    })
+}
+
 /// A client of `switchyard.ca.v1.CertificateService`.
 #[derive(Debug, Clone)]
 pub struct CaClient {
@@ -142,37 +182,7 @@ impl CaClient {
         transport: CaTransport,
         token: Option<String>,
     ) -> Result<Self, IdentityError> {
-        let uri = format!("http://{address}");
-        let endpoint = Endpoint::from_shared(uri.clone())
-            .map_err(|e| IdentityError::Address {
-                address: uri.clone(),
-                reason: e.to_string(),
-            })?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10));
-        let channel = match transport {
-            CaTransport::Plaintext => endpoint.connect_lazy(),
-            CaTransport::Tls { server, store } => {
-                let config = client_config(&store, Expected::Exact(server), vec![b"h2".to_vec()]);
-                let connector = tokio_rustls::TlsConnector::from(config);
-                endpoint.connect_with_connector_lazy(tower::service_fn(
-                    move |uri: tonic::codegen::http::Uri| {
-                        let connector = connector.clone();
-                        async move {
-                            let authority =
-                                uri.authority().map(|a| a.to_string()).unwrap_or_default();
-                            let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
-                            tcp.set_nodelay(true)?;
-                            // The name is not checked (the verifier checks the SPIFFE ID).
-                            let name = rustls_pki_types::ServerName::try_from("switchyard-ca")
-                                .map_err(std::io::Error::other)?;
-                            let tls = connector.connect(name, tcp).await?;
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-                        }
-                    },
-                ))
-            }
-        };
+        let channel = control_plane_channel(address, &transport)?;
         Ok(CaClient {
             client: CertificateServiceClient::new(channel),
             address: address.to_string(),
@@ -194,6 +204,7 @@ impl CaClient {
             impersonated_identity: impersonate.map(|i| i.to_string()).unwrap_or_default(),
             metadata: None,
         });
+        req.set_timeout(Duration::from_secs(10));
         if let Some(token) = &self.token {
             let value = format!("Bearer {token}")
                 .parse()

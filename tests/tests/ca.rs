@@ -244,6 +244,42 @@ async fn certificate_service_authenticates_authorises_and_signs() {
     let bad = ::pem::encode(&::pem::Pem::new("CERTIFICATE REQUEST", der));
     let s = ask(&cp, Some(&echo), bad, "").await.unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    // refusals do not hold up anyone else: a burst of 1 MB garbage requests in parallel with
+    // good ones, and every good one is signed promptly
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (cp_addr, token) = (cp.xds(), echo.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = CertificateServiceClient::connect(format!("http://{cp_addr}"))
+                .await
+                .unwrap()
+                .max_encoding_message_size(8 << 20);
+            let body = if i % 2 == 0 {
+                "x".repeat(1 << 20)
+            } else {
+                csr(vec![spiffe("default", "echo")], false)
+            };
+            let mut req = tonic::Request::new(CreateCertificateRequest {
+                csr: body,
+                validity_seconds: 600,
+                impersonated_identity: String::new(),
+                metadata: None,
+            });
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            (i % 2 == 1, client.create_certificate(req).await.is_ok())
+        }));
+    }
+    for t in tasks {
+        let (good, ok) = t.await.unwrap();
+        assert_eq!(good, ok, "good requests signed, garbage refused");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the burst took {:?}",
+        started.elapsed()
+    );
     // and the service still serves well-behaved callers
     ask(
         &cp,
@@ -253,4 +289,158 @@ async fn certificate_service_authenticates_authorises_and_signs() {
     )
     .await
     .unwrap();
+}
+
+/// Port 15012: the control plane presents a certificate from its own CA for
+/// `ns/switchyard-system/sa/switchyard`; a token works there too, a still-valid certificate
+/// alone renews the same identity (and only that one), a certificate from another CA never
+/// gets a handshake, and ADS works over the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_port_serves_tokens_renewal_over_mtls_and_ads() {
+    use switchyard_dataplane_runtime::identity::{CaClient, CaTransport, control_plane_identity};
+    use switchyard_dataplane_runtime::tls::{IdentityStore, TrustBundle};
+
+    let cp = ControlPlane::start(&[(
+        "mesh.yaml",
+        vec![
+            namespace("default", None),
+            pod_on("default", "echo-1", "echo", "10.244.1.2", None),
+        ],
+    )])
+    .await
+    .unwrap();
+    let root = std::fs::read_to_string(cp.ca_dir.path().join("root-cert.pem")).unwrap();
+    let store = IdentityStore::new(TrustBundle::from_pem(&root).unwrap());
+    let tls = |store: &IdentityStore, token: Option<String>| {
+        CaClient::new(
+            cp.server.xds_tls_address(),
+            CaTransport::Tls {
+                server: control_plane_identity("cluster.local"),
+                store: store.clone(),
+            },
+            token,
+        )
+        .unwrap()
+    };
+    let echo: switchyard_model::SpiffeId =
+        "spiffe://cluster.local/ns/default/sa/echo".parse().unwrap();
+    let other: switchyard_model::SpiffeId =
+        "spiffe://cluster.local/ns/default/sa/web".parse().unwrap();
+    let token = TokenAuthority::load_or_create(cp.ca_dir.path())
+        .unwrap()
+        .create("default", "echo", None, Duration::from_secs(60));
+
+    // first certificate: token over TLS
+    let first = tls(&store, Some(token))
+        .renew(&store, &echo, Some(Duration::from_secs(300)), false)
+        .await
+        .unwrap();
+    // renewal: no token, the current certificate is the credential
+    let mut renewer = tls(&store, None);
+    let second = renewer
+        .renew(&store, &echo, Some(Duration::from_secs(300)), false)
+        .await
+        .unwrap();
+    assert_ne!(first.info.serial, second.info.serial);
+    assert_eq!(second.info.id, echo);
+    // ... but only for the same identity
+    let err = renewer
+        .renew(&store, &other, Some(Duration::from_secs(300)), false)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("PermissionDenied") && msg.contains("sa/web"),
+        "{msg}"
+    );
+    // no credential at all
+    let empty = IdentityStore::new(TrustBundle::from_pem(&root).unwrap());
+    let err = tls(&empty, None)
+        .renew(&empty, &echo, None, false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Unauthenticated"), "{err}");
+
+    // a client certificate from another CA: the handshake itself fails
+    let foreign_dir = tempfile::tempdir().unwrap();
+    let foreign = switchyard_ca::load_or_create_root(
+        foreign_dir.path(),
+        switchyard_ca::AuthorityConfig::default(),
+    )
+    .unwrap();
+    let (csr_pem, key) = switchyard_dataplane_runtime::identity::generate_csr(&echo).unwrap();
+    let checked = switchyard_ca::check_csr(&csr_pem, "cluster.local").unwrap();
+    let forged = foreign.issue(&checked, &echo, None).unwrap();
+    // trusts our root (to accept the server) but holds a foreign client certificate
+    let mixed =
+        IdentityStore::new(TrustBundle::from_pem(&format!("{root}{}", forged.chain[1])).unwrap());
+    mixed.set_certificate(&forged.chain, &key).unwrap();
+    let err = tls(&mixed, None)
+        .renew(&mixed, &echo, None, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, switchyard_dataplane_runtime::identity::IdentityError::Refused { code, .. } if code == Code::Unavailable || code == Code::Unknown),
+        "{err}"
+    );
+
+    // a client that expects another server identity refuses the control plane
+    let wrong_server = CaClient::new(
+        cp.server.xds_tls_address(),
+        CaTransport::Tls {
+            server: other.clone(),
+            store: store.clone(),
+        },
+        None,
+    )
+    .unwrap()
+    .renew(&store, &echo, None, false)
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            wrong_server,
+            switchyard_dataplane_runtime::identity::IdentityError::Refused {
+                code: Code::Unavailable,
+                ..
+            }
+        ),
+        "{wrong_server}"
+    );
+
+    // ADS on the same port: ROOTCA over delta, through TLS
+    use switchyard_protos::envoy::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    use switchyard_protos::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    let channel = switchyard_dataplane_runtime::identity::control_plane_channel(
+        cp.server.xds_tls_address(),
+        &CaTransport::Tls {
+            server: control_plane_identity("cluster.local"),
+            store: store.clone(),
+        },
+    )
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(switchyard_test_support::ads::node(
+            "envoy~10.244.1.2~echo-1.default~default.svc.cluster.local",
+            &[],
+        )),
+        type_url: switchyard_protos::TypeUrl::Secret.as_str().into(),
+        resource_names_subscribe: vec!["ROOTCA".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = AggregatedDiscoveryServiceClient::new(channel)
+        .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.resources.len(), 1);
+    assert_eq!(resp.resources[0].name, "ROOTCA");
 }

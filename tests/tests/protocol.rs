@@ -740,3 +740,103 @@ async fn changed_cluster_gets_its_endpoints_again() {
         "same endpoints, sent again for warming"
     );
 }
+
+/// The roots in a `ROOTCA` response.
+fn rootca_roots(bytes: &[u8]) -> usize {
+    use switchyard_protos::envoy::envoy::extensions::transport_sockets::tls::v3::Secret;
+    let secret = Secret::decode(bytes).unwrap();
+    assert_eq!(secret.name, "ROOTCA");
+    let pem = switchyard_dataplane_runtime::xds::bundle_pem(&secret).unwrap();
+    pem.matches("BEGIN CERTIFICATE").count()
+}
+
+async fn ca_status(cp: &ControlPlane) -> serde_json::Value {
+    let (code, body) = cp.admin("/debug/ca").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// `ROOTCA` goes to every proxy over both ADS variants; a root rotation adds the new root to
+/// it, and the new root starts signing only once every subscriber has ACKed that bundle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rootca_over_sotw_and_delta_and_promotion_waits_for_every_ack() {
+    let cp = ControlPlane::start(&base()).await.unwrap();
+    let mut sotw = SotwClient::connect(cp.xds(), node(SIDECAR, &[]))
+        .await
+        .unwrap();
+    let delta_id = "envoy~10.244.0.11~echo-1.default~default.svc.cluster.local";
+    let mut delta = DeltaClient::connect(cp.xds(), node(delta_id, &[]))
+        .await
+        .unwrap();
+    sotw.request(TypeUrl::Secret, &["ROOTCA"]).await.unwrap();
+    let r = sotw.recv(STEP).await.unwrap();
+    assert_eq!(r.resources.len(), 1);
+    assert_eq!(rootca_roots(&r.resources[0].value), 1);
+    sotw.ack(TypeUrl::Secret, &["ROOTCA"]).await.unwrap();
+    delta
+        .subscribe(TypeUrl::Secret, &["ROOTCA"], &BTreeMap::new())
+        .await
+        .unwrap();
+    let r = delta.recv_type(TypeUrl::Secret, STEP).await.unwrap();
+    assert_eq!(r.resources.len(), 1);
+    assert_eq!(
+        rootca_roots(&r.resources[0].resource.as_ref().unwrap().value),
+        1
+    );
+
+    let (code, body) = cp.admin_post("/ca/rotate-root").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = cp.admin_post("/ca/rotate-root").await.unwrap();
+    assert_eq!(
+        code, 409,
+        "a second rotation while one runs is refused: {body}"
+    );
+    assert!(body.contains("already in progress"), "{body}");
+
+    // both get the two-root bundle; neither has ACKed, so the old root still signs
+    let r = sotw.recv(STEP).await.unwrap();
+    assert_eq!(rootca_roots(&r.resources[0].value), 2);
+    // (recv, not recv_type: that would ACK)
+    let r = delta.recv(STEP).await.unwrap();
+    assert_eq!(r.type_url, TypeUrl::Secret.as_str());
+    assert_eq!(
+        rootca_roots(&r.resources[0].resource.as_ref().unwrap().value),
+        2
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let s = ca_status(&cp).await;
+    assert_eq!(s["rotation"]["phase"], "introduced", "{s}");
+    let waiting: Vec<&str> = s["waiting_for"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(waiting, [delta_id, SIDECAR], "{s}");
+
+    // one ACK is not enough
+    sotw.ack(TypeUrl::Secret, &["ROOTCA"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let s = ca_status(&cp).await;
+    assert_eq!(s["rotation"]["phase"], "introduced", "{s}");
+    assert_eq!(s["waiting_for"], serde_json::json!([delta_id]), "{s}");
+
+    // the last ACK promotes the new root: it signs, and comes first in the bundle
+    delta.ack(TypeUrl::Secret).await.unwrap();
+    let deadline = tokio::time::Instant::now() + STEP;
+    let s = loop {
+        let s = ca_status(&cp).await;
+        if s["rotation"]["phase"] == "retiring" {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not promoted: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let roots = s["roots"].as_array().unwrap();
+    assert_eq!(roots.len(), 2);
+    assert_eq!(roots[0]["signing"], true, "{s}");
+    assert_eq!(roots[1]["signing"], false, "{s}");
+    // the reordered bundle goes out again (dataplanes renew on it)
+    let r = sotw.recv(STEP).await.unwrap();
+    assert_eq!(rootca_roots(&r.resources[0].value), 2);
+}
