@@ -328,5 +328,40 @@ fn ten_second_certificates_and_a_root_rotation_under_traffic_fail_no_request() {
             "old root stays until its leaves expire: {body}"
         );
         assert_eq!(roots[0]["signing"], true, "{body}");
+        let new_root = std::fs::read_to_string(cp.ca_dir.path().join("root-cert.pem")).unwrap();
+        for (who, proxy) in [("client", &client), ("server", &server)] {
+            let leaf = envoy_leaf(proxy).await;
+            assert!(
+                verifies_with(&leaf, &new_root),
+                "the {who} Envoy's certificate is not from the new root"
+            );
+        }
     });
+}
+
+/// The leaf of the `default` secret Envoy has active (DER).
+async fn envoy_leaf(proxy: &Proxy) -> Vec<u8> {
+    let r = proxy
+        .envoy
+        .admin_get("/config_dump?resource=dynamic_active_secrets")
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    let chain = v["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "default")
+        .and_then(|s| s["secret"]["tls_certificate"]["certificate_chain"]["inline_string"].as_str())
+        .unwrap_or_else(|| panic!("no default secret: {}", r.body))
+        .to_string();
+    ::pem::parse(&chain).unwrap().contents().to_vec()
+}
+
+fn verifies_with(leaf_der: &[u8], root_pem: &str) -> bool {
+    use x509_parser::prelude::*;
+    let root_der = ::pem::parse(root_pem).unwrap().contents().to_vec();
+    let (_, root) = X509Certificate::from_der(&root_der).unwrap();
+    let (_, leaf) = X509Certificate::from_der(leaf_der).unwrap();
+    leaf.verify_signature(Some(root.public_key())).is_ok()
 }

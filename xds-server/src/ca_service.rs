@@ -126,8 +126,16 @@ struct Caller {
     via: &'static str,
 }
 
-fn audit(caller: &str, asked: &str, verdict: &str, reason: &str) {
-    info!(target: "audit", caller, identity = asked, verdict, reason, "certificate request");
+impl CaService {
+    /// One decision: an audit line and a count by verdict class.
+    fn audit(&self, caller: &str, asked: &str, verdict: &'static str, reason: &str) {
+        info!(target: "audit", caller, identity = asked, verdict, reason, "certificate request");
+        self.cache
+            .metrics
+            .ca_requests
+            .get_or_create(&crate::metrics::VerdictLabels { verdict })
+            .inc();
+    }
 }
 
 #[tonic::async_trait]
@@ -140,7 +148,7 @@ impl CertificateService for CaService {
         let claims = match self.authenticate(&request) {
             Ok(c) => c,
             Err(status) => {
-                audit("unauthenticated", "", "DENY", status.message());
+                self.audit("unauthenticated", "", "unauthenticated", status.message());
                 return Err(status);
             }
         };
@@ -151,7 +159,7 @@ impl CertificateService for CaService {
         let csr = match check_csr(&req.csr, &td) {
             Ok(c) => c,
             Err(e) => {
-                audit(&caller, "", "DENY", &e.to_string());
+                self.audit(&caller, "", "invalid", &e.to_string());
                 return Err(Status::invalid_argument(e.to_string()));
             }
         };
@@ -161,14 +169,19 @@ impl CertificateService for CaService {
             match req.impersonated_identity.parse::<SpiffeId>() {
                 Ok(id) => id,
                 Err(e) => {
-                    audit(&caller, &req.impersonated_identity, "DENY", &e.to_string());
+                    self.audit(
+                        &caller,
+                        &req.impersonated_identity,
+                        "invalid",
+                        &e.to_string(),
+                    );
                     return Err(Status::invalid_argument(e.to_string()));
                 }
             }
         };
         if csr.identity != asked {
             let reason = format!("csr is for {}, the request asks for {asked}", csr.identity);
-            audit(&caller, &asked.to_string(), "DENY", &reason);
+            self.audit(&caller, &asked.to_string(), "invalid", &reason);
             return Err(Status::invalid_argument(reason));
         }
         match self.authorise(&claims, &caller_id, &asked) {
@@ -178,10 +191,10 @@ impl CertificateService for CaService {
                 let issued = authority
                     .issue(&csr, &asked, requested)
                     .map_err(|e| Status::internal(e.to_string()))?;
-                audit(
+                self.audit(
                     &caller,
                     &asked.to_string(),
-                    "ALLOW",
+                    "allow",
                     &format!("{reason} ({}); serial {}", claims.via, issued.serial),
                 );
                 Ok(Response::new(CreateCertificateResponse {
@@ -189,7 +202,7 @@ impl CertificateService for CaService {
                 }))
             }
             Err(reason) => {
-                audit(&caller, &asked.to_string(), "DENY", &reason);
+                self.audit(&caller, &asked.to_string(), "denied", &reason);
                 Err(Status::permission_denied(reason))
             }
         }

@@ -77,6 +77,17 @@ pub struct Metrics {
     pub source_problems: Gauge,
     /// Good source reads.
     pub source_loads: Counter,
+    /// Certificate requests by verdict (`allow`, `unauthenticated`, `invalid`, `denied`).
+    pub ca_requests: Family<VerdictLabels, Counter>,
+    /// Roots in the trust bundle.
+    pub ca_bundle_roots: Gauge,
+}
+
+/// Labels of certificate decisions.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    /// Decision.
+    pub verdict: &'static str,
 }
 
 impl Metrics {
@@ -97,7 +108,19 @@ impl Metrics {
             generation: Gauge::default(),
             source_problems: Gauge::default(),
             source_loads: Counter::default(),
+            ca_requests: Family::default(),
+            ca_bundle_roots: Gauge::default(),
         };
+        registry.register(
+            "switchyard_ca_requests",
+            "Certificate requests by verdict",
+            m.ca_requests.clone(),
+        );
+        registry.register(
+            "switchyard_ca_bundle_roots",
+            "Roots in the trust bundle",
+            m.ca_bundle_roots.clone(),
+        );
         let r = registry;
         r.register(
             "switchyard_xds_connected_proxies",

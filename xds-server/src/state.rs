@@ -85,6 +85,7 @@ pub async fn follow(
     loop {
         let report = reports.borrow_and_update().clone();
         let new_bundle = bundle.borrow_and_update().clone();
+        metrics.ca_bundle_roots.set(new_bundle.len() as i64);
         if new_bundle != config.trust_bundle {
             info!(roots = new_bundle.len(), "trust bundle changed");
             config.trust_bundle = new_bundle;
