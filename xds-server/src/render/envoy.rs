@@ -65,6 +65,10 @@ pub const PASSTHROUGH_INBOUND: &str = "passthrough-inbound";
 pub struct ServiceParts {
     /// One EDS cluster per port.
     pub clusters: Vec<Arc<Resource>>,
+    /// The same clusters without the mTLS transport socket match, for proxyless gRPC
+    /// clients (they cannot use SDS-fed Envoy TLS contexts; the same `Arc` when a port has
+    /// no mTLS endpoints).
+    pub plaintext_clusters: Vec<Arc<Resource>>,
     /// One ClusterLoadAssignment per port.
     pub load_assignments: Vec<Arc<Resource>>,
     /// HTTP ports: (port, virtual host with FQDN domains, whether it is the service's primary
@@ -84,6 +88,7 @@ pub fn service_parts(view: &ServiceView, opts: &RenderOptions) -> ServiceParts {
     let svc = &view.service;
     let mut parts = ServiceParts {
         clusters: Vec::new(),
+        plaintext_clusters: Vec::new(),
         load_assignments: Vec::new(),
         vhosts: Vec::new(),
         tcp_chains: Vec::new(),
@@ -96,16 +101,22 @@ pub fn service_parts(view: &ServiceView, opts: &RenderOptions) -> ServiceParts {
         .min_by_key(|p| (*p != 80, *p));
     for pv in &view.ports {
         let name = cluster_name(&svc.hostname, pv.port.port);
-        parts.clusters.push(Resource::new(
+        let sans = mtls_identities(&pv.endpoints);
+        let cluster = Resource::new(
             TypeUrl::Cluster,
             name.as_str(),
-            &eds_cluster(
-                &name,
-                pv.port.protocol,
-                &mtls_identities(&pv.endpoints),
-                opts,
-            ),
-        ));
+            &eds_cluster(&name, pv.port.protocol, &sans, opts),
+        );
+        parts.plaintext_clusters.push(if sans.is_empty() {
+            cluster.clone()
+        } else {
+            Resource::new(
+                TypeUrl::Cluster,
+                name.as_str(),
+                &eds_cluster(&name, pv.port.protocol, &[], opts),
+            )
+        });
+        parts.clusters.push(cluster);
         parts.load_assignments.push(Resource::new(
             TypeUrl::ClusterLoadAssignment,
             name.as_str(),

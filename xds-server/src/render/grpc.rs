@@ -106,7 +106,7 @@ pub fn scope_maps(
     let mut routes = Vec::new();
     for (v, r) in services {
         let e = r.envoy.get_or_init(|| envoy_render::service_parts(v, opts));
-        clusters.extend(e.clusters.iter().cloned());
+        clusters.extend(e.plaintext_clusters.iter().cloned());
         clas.extend(e.load_assignments.iter().cloned());
         let g = r.grpc.get_or_init(|| service_parts(v, opts));
         listeners.extend(g.listeners.iter().cloned());

@@ -471,6 +471,13 @@ fn mtls_to_sidecar_endpoints_with_their_identities_and_rootca_for_every_kind() {
                 .contains_key("envoy.transport_socket_match")
         );
     }
+    // proxyless gRPC cannot use SDS-fed Envoy TLS: its copy of the cluster is plaintext
+    let g: switchyard_protos::envoy::envoy::config::cluster::v3::Cluster = decode(
+        &snapshot(GRPC),
+        TypeUrl::Cluster,
+        "outbound|8080||echo.default.svc.cluster.local",
+    );
+    assert!(g.transport_socket_matches.is_empty());
     // ROOTCA goes to every kind
     for id in [ENVOY, GRPC, ZTUNNEL] {
         let snap = snapshot(id);
