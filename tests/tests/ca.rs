@@ -520,3 +520,93 @@ async fn restart_keeps_the_root_and_earlier_certificates_verify() {
         .unwrap();
     again.stop().await;
 }
+
+/// The rotation loop renews at half the lifetime; while the CA is down it retries with
+/// backoff and the certificate in hand stays in use; when the CA is back, renewal resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_keeps_the_certificate_while_the_ca_is_down_and_resumes() {
+    use switchyard_dataplane_runtime::identity::{CaClient, CaTransport, Rotation, RotationPolicy};
+    use switchyard_dataplane_runtime::tls::{IdentityStore, TrustBundle};
+
+    let cp = ControlPlane::start(&[(
+        "mesh.yaml",
+        vec![
+            namespace("default", None),
+            pod_on("default", "echo-1", "echo", "10.244.1.2", None),
+        ],
+    )])
+    .await
+    .unwrap();
+    let echo: switchyard_model::SpiffeId =
+        "spiffe://cluster.local/ns/default/sa/echo".parse().unwrap();
+    let token = TokenAuthority::load_or_create(cp.ca_dir.path())
+        .unwrap()
+        .create("default", "echo", None, Duration::from_secs(600));
+    let address = cp.xds();
+    let bundle = cp.server.trust().authority().bundle().concat();
+    let store = IdentityStore::new(TrustBundle::from_pem(&bundle).unwrap());
+    let rotation = Rotation::new(
+        store.clone(),
+        CaClient::new(address, CaTransport::Plaintext, Some(token)).unwrap(),
+        echo.clone(),
+        RotationPolicy {
+            ttl: Some(Duration::from_secs(4)),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(400),
+            ..Default::default()
+        },
+    );
+    let mut certs = rotation.subscribe();
+    let task = tokio::spawn(rotation.run());
+    let first = tokio::time::timeout(Duration::from_secs(5), certs.wait_for(|c| c.is_some()))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone()
+        .unwrap();
+    // renewed at about half of 4 s
+    let second = tokio::time::timeout(
+        Duration::from_secs(5),
+        certs.wait_for(|c| {
+            c.as_ref()
+                .is_some_and(|c| c.info.serial != first.info.serial)
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone()
+    .unwrap();
+
+    // the CA goes away: the next renewal fails, the certificate stays
+    let ControlPlane {
+        manifests,
+        server,
+        ca_dir,
+    } = cp;
+    server.stop().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        store.info().unwrap().serial,
+        second.info.serial,
+        "kept while the CA is down"
+    );
+
+    // the CA is back on the same address: renewal resumes on its own
+    let mut config = switchyard_xds_server::Config::for_tests(manifests.path(), ca_dir.path());
+    config.xds_address = address;
+    let again = switchyard_xds_server::Server::start(config).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        certs.wait_for(|c| {
+            c.as_ref()
+                .is_some_and(|c| c.info.serial != second.info.serial)
+        }),
+    )
+    .await
+    .expect("renewed after the CA came back")
+    .unwrap();
+    assert_ne!(store.info().unwrap().serial, second.info.serial);
+    task.abort();
+    again.stop().await;
+}
