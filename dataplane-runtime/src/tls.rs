@@ -273,6 +273,12 @@ fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, TlsError> {
     })
 }
 
+/// The SPIFFE ID of the first certificate in `pem_text`.
+pub fn pem_identity(pem_text: &str) -> Result<SpiffeId, TlsError> {
+    let certs = certificate_blocks("certificate", pem_text, 0)?;
+    peer_identity(&certs)
+}
+
 /// The SPIFFE ID of a peer: the one URI SAN of the first (end-entity) certificate.
 ///
 /// A server using [`SpiffeClientVerifier`] reads the client's identity after the handshake
@@ -286,12 +292,6 @@ fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, TlsError> {
 ///     peer_identity(conn.peer_certificates().unwrap_or_default())
 /// }
 /// ```
-/// The SPIFFE ID of the first certificate in `pem_text`.
-pub fn pem_identity(pem_text: &str) -> Result<SpiffeId, TlsError> {
-    let certs = certificate_blocks("certificate", pem_text, 0)?;
-    peer_identity(&certs)
-}
-
 pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Result<SpiffeId, TlsError> {
     let leaf = certs.first().ok_or(TlsError::NoPeerCertificate)?;
     spiffe_id_of(&parse_certificate(leaf)?)
