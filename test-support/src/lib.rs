@@ -12,6 +12,7 @@ pub mod echo;
 pub mod echo_process;
 pub mod envoy;
 pub mod eventually;
+pub mod fake_kube;
 pub mod grpc_xds;
 pub mod manifests;
 pub mod netns;

@@ -610,3 +610,117 @@ async fn rotation_keeps_the_certificate_while_the_ca_is_down_and_resumes() {
     task.abort();
     again.stop().await;
 }
+
+fn refused(r: Result<Vec<String>, tonic::Status>, code: Code, needle: &str) {
+    let s = r.expect_err(needle);
+    assert_eq!(s.code(), code, "{needle}: {s:?}");
+    assert!(s.message().contains(needle), "{needle}: {}", s.message());
+}
+
+/// Kubernetes service-account tokens are checked with TokenReview (against the fake API
+/// server: no real one runs here), with audience `switchyard-ca`; the node of a bound token
+/// lets a node agent ask for pods on that node only. Bootstrap tokens keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_tokens_are_checked_with_token_review() {
+    use switchyard_test_support::fake_kube::{FakeKubeApi, KnownToken};
+    let api = FakeKubeApi::start().await.unwrap();
+    let known = |ns: &str, sa: &str, node: Option<&str>, aud: &str| KnownToken {
+        namespace: ns.into(),
+        service_account: sa.into(),
+        node: node.map(Into::into),
+        audiences: vec![aud.into()],
+    };
+    // JWT-shaped tokens (three segments); the fake knows them
+    api.add_token(
+        "k8s.echo.1",
+        known("default", "echo", Some("node-1"), "switchyard-ca"),
+    );
+    api.add_token(
+        "k8s.ztunnel.1",
+        known(
+            "switchyard-system",
+            "ztunnel",
+            Some("node-1"),
+            "switchyard-ca",
+        ),
+    );
+    api.add_token(
+        "k8s.echo.kube",
+        known("default", "echo", None, "kubernetes"),
+    );
+    let url = api.url();
+    let cp = ControlPlane::start_with(
+        &[(
+            "mesh.yaml",
+            vec![
+                namespace("default", None),
+                node("node-1", "10.255.0.1", "a"),
+                node("node-2", "10.255.0.2", "b"),
+                pod_on("default", "echo-1", "echo", "10.244.1.2", Some("node-1")),
+                pod_on("default", "web-1", "web", "10.244.2.2", Some("node-2")),
+            ],
+        )],
+        |c| c.kube_api = url,
+    )
+    .await
+    .unwrap();
+    let echo_csr = || csr(vec![spiffe("default", "echo")], false);
+
+    ask(&cp, Some("k8s.echo.1"), echo_csr(), "").await.unwrap();
+    refused(
+        ask(
+            &cp,
+            Some("k8s.echo.1"),
+            csr(vec![spiffe("default", "web")], false),
+            "",
+        )
+        .await,
+        Code::PermissionDenied,
+        "may only ask for its own identity",
+    );
+    ask(
+        &cp,
+        Some("k8s.ztunnel.1"),
+        echo_csr(),
+        "spiffe://cluster.local/ns/default/sa/echo",
+    )
+    .await
+    .unwrap();
+    refused(
+        ask(
+            &cp,
+            Some("k8s.ztunnel.1"),
+            csr(vec![spiffe("default", "web")], false),
+            "spiffe://cluster.local/ns/default/sa/web",
+        )
+        .await,
+        Code::PermissionDenied,
+        "no pod with that service account runs on node-1",
+    );
+    refused(
+        ask(&cp, Some("k8s.unknown.token"), echo_csr(), "").await,
+        Code::Unauthenticated,
+        "invalid bearer token",
+    );
+    refused(
+        ask(&cp, Some("k8s.echo.kube"), echo_csr(), "").await,
+        Code::Unauthenticated,
+        "is invalid for the target audiences",
+    );
+    assert!(api.reviews() >= 6, "every JWT went to TokenReview");
+    // bootstrap tokens still work next to it
+    let bootstrap = TokenAuthority::load_or_create(cp.ca_dir.path())
+        .unwrap()
+        .create("default", "echo", None, Duration::from_secs(60));
+    ask(&cp, Some(&bootstrap), echo_csr(), "").await.unwrap();
+
+    // without a Kubernetes API configured, a JWT is refused with the reason
+    let plain = ControlPlane::start(&[("mesh.yaml", vec![namespace("default", None)])])
+        .await
+        .unwrap();
+    refused(
+        ask(&plain, Some("k8s.echo.1"), echo_csr(), "").await,
+        Code::Unauthenticated,
+        "no Kubernetes API configured",
+    );
+}

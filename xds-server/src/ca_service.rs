@@ -1,6 +1,7 @@
 //! `switchyard.ca.v1.CertificateService`: authenticates the caller (a bootstrap token in
 //! `authorization: Bearer <token>`, or, for renewal on the TLS port, a still-valid client
-//! certificate from the trust bundle), authorises the identity asked for against the caller and
+//! certificate from the trust bundle, or a Kubernetes service-account token checked with
+//! TokenReview; see [`crate::authn`]), authorises the identity asked for against the caller and
 //! the mesh, and has the CA sign. Every decision is one audit log line (target `audit`) with
 //! caller, identity asked, verdict and reason.
 
@@ -8,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_ca::check_csr;
-use switchyard_ca::token::TokenAuthority;
 use switchyard_model::SpiffeId;
 use switchyard_protos::switchyard::ca::v1::{
     CreateCertificateRequest, CreateCertificateResponse,
@@ -17,6 +17,7 @@ use switchyard_protos::switchyard::ca::v1::{
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use crate::authn::{Authenticator, Caller};
 use crate::cache::SnapshotCache;
 use crate::trust::Trust;
 
@@ -29,22 +30,25 @@ pub const AGENT_ACCOUNTS: [&str; 2] = ["ztunnel", "ebpf-agent"];
 #[derive(Debug, Clone)]
 pub struct CaService {
     trust: Arc<Trust>,
-    tokens: Arc<TokenAuthority>,
+    authn: Authenticator,
     cache: Arc<SnapshotCache>,
 }
 
 impl CaService {
-    /// A service signing with `trust`'s authority, trusting tokens of `tokens`, authorising
+    /// A service signing with `trust`'s authority, authenticating with `authn`, authorising
     /// against the mesh in `cache`.
-    pub fn new(trust: Arc<Trust>, tokens: Arc<TokenAuthority>, cache: Arc<SnapshotCache>) -> Self {
+    pub fn new(trust: Arc<Trust>, authn: Authenticator, cache: Arc<SnapshotCache>) -> Self {
         CaService {
             trust,
-            tokens,
+            authn,
             cache,
         }
     }
 
-    fn authenticate(&self, req: &Request<CreateCertificateRequest>) -> Result<Caller, Status> {
+    async fn authenticate(
+        &self,
+        req: &Request<CreateCertificateRequest>,
+    ) -> Result<Caller, Status> {
         let Some(header) = req.metadata().get("authorization") else {
             // Renewal: the TLS layer has verified the chain against the bundle.
             if let Some(certs) = req.peer_certs() {
@@ -67,16 +71,7 @@ impl CaService {
         let token = value
             .strip_prefix("Bearer ")
             .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
-        let claims = self
-            .tokens
-            .verify(token)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
-        Ok(Caller {
-            ns: claims.ns,
-            sa: claims.sa,
-            node: claims.node,
-            via: "token",
-        })
+        self.authn.bearer(token).await
     }
 
     /// Whether `caller` may have a certificate for `asked`; the reason either way.
@@ -117,15 +112,6 @@ impl CaService {
     }
 }
 
-/// Who is asking, once authenticated.
-#[derive(Debug)]
-struct Caller {
-    ns: String,
-    sa: String,
-    node: Option<String>,
-    via: &'static str,
-}
-
 impl CaService {
     /// One decision: an audit line and a count by verdict class.
     fn audit(&self, caller: &str, asked: &str, verdict: &'static str, reason: &str) {
@@ -145,7 +131,7 @@ impl CertificateService for CaService {
         request: Request<CreateCertificateRequest>,
     ) -> Result<Response<CreateCertificateResponse>, Status> {
         let authority = self.trust.authority();
-        let claims = match self.authenticate(&request) {
+        let claims = match self.authenticate(&request).await {
             Ok(c) => c,
             Err(status) => {
                 self.audit("unauthenticated", "", "unauthenticated", status.message());

@@ -17,6 +17,7 @@
 //! | `root_namespace` | `switchyard-system` | namespace of mesh-wide policies |
 //! | `cert_default_ttl_s` | `86400` | workload certificate lifetime when the CSR asks for none |
 //! | `cert_max_ttl_s` | `86400` | longest workload certificate lifetime granted |
+//! | `kube_api` | (off) | Kubernetes API for TokenReview of service-account tokens: `default` (in-cluster or kubeconfig) or an `http(s)://` URL (e.g. `kubectl proxy`) |
 //! | `push_debounce_ms` | `100` | quiet time before a model change is pushed |
 //! | `source_debounce_ms` | `100` | quiet time before a changed directory is re-read |
 //! | `max_request_bytes` | `4194304` | largest xDS request accepted |
@@ -45,6 +46,7 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("root_namespace", Some("switchyard-system")),
     ("cert_default_ttl_s", Some("86400")),
     ("cert_max_ttl_s", Some("86400")),
+    ("kube_api", Some("")),
     ("push_debounce_ms", Some("100")),
     ("source_debounce_ms", Some("100")),
     ("max_request_bytes", Some("4194304")),
@@ -75,6 +77,8 @@ pub struct Config {
     pub cert_default_ttl: Duration,
     /// Longest workload certificate lifetime.
     pub cert_max_ttl: Duration,
+    /// Kubernetes API for TokenReview: empty (off), `default`, or a URL.
+    pub kube_api: String,
     /// Manifest directory.
     pub config_dir: PathBuf,
     /// CA directory.
@@ -264,6 +268,19 @@ impl RawConfig {
         parse("xds_tls_address", &addr);
         parse("cert_default_ttl_s", &num);
         parse("cert_max_ttl_s", &num);
+        parse("kube_api", &|v| {
+            if v.is_empty()
+                || v == "default"
+                || v.starts_with("http://")
+                || v.starts_with("https://")
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{v:?} is not empty, `default` or an http(s):// URL"
+                ))
+            }
+        });
         parse("push_debounce_ms", &num);
         parse("source_debounce_ms", &num);
         parse("max_request_bytes", &num);
@@ -313,6 +330,7 @@ impl RawConfig {
                 .map_err(|_| ConfigError(vec![]))?,
             cert_default_ttl: Duration::from_secs(n("cert_default_ttl_s")),
             cert_max_ttl: Duration::from_secs(n("cert_max_ttl_s")),
+            kube_api: s("kube_api"),
             config_dir: PathBuf::from(s("config_dir")),
             ca_dir: PathBuf::from(s("ca_dir")),
             mesh: MeshConfig {
@@ -347,6 +365,7 @@ impl Config {
             xds_tls_address: loopback,
             cert_default_ttl: Duration::from_secs(24 * 3600),
             cert_max_ttl: Duration::from_secs(24 * 3600),
+            kube_api: String::new(),
             config_dir: config_dir.into(),
             mesh: MeshConfig::default(),
             push_debounce: Duration::from_millis(20),

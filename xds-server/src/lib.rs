@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod ads;
+pub mod authn;
 pub mod ca_service;
 pub mod cache;
 pub mod config;

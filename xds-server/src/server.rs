@@ -43,6 +43,14 @@ pub enum ServerError {
     /// The control plane's own TLS certificate could not be issued.
     #[error("{0}")]
     OwnCert(#[from] crate::tls_listener::OwnCertError),
+    /// The Kubernetes API for TokenReview cannot be used.
+    #[error("kubernetes api ({api}): {reason}")]
+    Kube {
+        /// The configured value.
+        api: String,
+        /// Why.
+        reason: String,
+    },
     /// A listen address is taken or not allowed.
     #[error("cannot listen on {address} for {what}: {source} (is another switchyard running?)")]
     Bind {
@@ -174,9 +182,12 @@ impl Server {
         );
         let csds = ClientStatusDiscoveryServiceServer::new(CsdsService::new(cache.clone()))
             .max_decoding_message_size(config.max_request_bytes);
-        let certificates =
-            CertificateServiceServer::new(CaService::new(trust.clone(), tokens, cache.clone()))
-                .max_decoding_message_size(config.max_request_bytes);
+        let certificates = CertificateServiceServer::new(CaService::new(
+            trust.clone(),
+            crate::authn::Authenticator::new(tokens, kube_client(&config.kube_api).await?),
+            cache.clone(),
+        ))
+        .max_decoding_message_size(config.max_request_bytes);
         let grpc = || {
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -295,6 +306,27 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// The Kubernetes client for TokenReview, if configured.
+async fn kube_client(api: &str) -> Result<Option<kube::Client>, ServerError> {
+    let err = |reason: String| ServerError::Kube {
+        api: api.to_string(),
+        reason,
+    };
+    match api {
+        "" => Ok(None),
+        "default" => kube::Client::try_default()
+            .await
+            .map(Some)
+            .map_err(|e| err(format!("{e} (no in-cluster config or kubeconfig?)"))),
+        url => {
+            let uri = url.parse().map_err(|e| err(format!("not a URL: {e}")))?;
+            kube::Client::try_from(kube::Config::new(uri))
+                .map(Some)
+                .map_err(|e| err(e.to_string()))
+        }
     }
 }
 
