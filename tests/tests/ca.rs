@@ -310,15 +310,7 @@ async fn tls_port_serves_tokens_renewal_over_mtls_and_ads() {
     use switchyard_dataplane_runtime::identity::{CaClient, CaTransport, control_plane_identity};
     use switchyard_dataplane_runtime::tls::{IdentityStore, TrustBundle};
 
-    let cp = ControlPlane::start(&[(
-        "mesh.yaml",
-        vec![
-            namespace("default", None),
-            pod_on("default", "echo-1", "echo", "10.244.1.2", None),
-        ],
-    )])
-    .await
-    .unwrap();
+    let (cp, echo, token) = echo_mesh().await;
     let root = std::fs::read_to_string(cp.ca_dir.path().join("root-cert.pem")).unwrap();
     let store = IdentityStore::new(TrustBundle::from_pem(&root).unwrap());
     let tls = |store: &IdentityStore, token: Option<String>| {
@@ -332,13 +324,8 @@ async fn tls_port_serves_tokens_renewal_over_mtls_and_ads() {
         )
         .unwrap()
     };
-    let echo: switchyard_model::SpiffeId =
-        "spiffe://cluster.local/ns/default/sa/echo".parse().unwrap();
     let other: switchyard_model::SpiffeId =
         "spiffe://cluster.local/ns/default/sa/web".parse().unwrap();
-    let token = TokenAuthority::load_or_create(cp.ca_dir.path())
-        .unwrap()
-        .create("default", "echo", None, Duration::from_secs(60));
 
     // first certificate: token over TLS
     let first = tls(&store, Some(token))
@@ -466,20 +453,7 @@ async fn restart_keeps_the_root_and_earlier_certificates_verify() {
     use switchyard_dataplane_runtime::identity::{CaClient, CaTransport};
     use switchyard_dataplane_runtime::tls::{IdentityStore, TrustBundle};
 
-    let cp = ControlPlane::start(&[(
-        "mesh.yaml",
-        vec![
-            namespace("default", None),
-            pod_on("default", "echo-1", "echo", "10.244.1.2", None),
-        ],
-    )])
-    .await
-    .unwrap();
-    let echo: switchyard_model::SpiffeId =
-        "spiffe://cluster.local/ns/default/sa/echo".parse().unwrap();
-    let token = TokenAuthority::load_or_create(cp.ca_dir.path())
-        .unwrap()
-        .create("default", "echo", None, Duration::from_secs(600));
+    let (cp, echo, token) = echo_mesh().await;
     let before = cp.server.trust().authority().bundle().to_vec();
     let store = IdentityStore::new(TrustBundle::from_pem(&before.concat()).unwrap());
     let issued = CaClient::new(cp.xds(), CaTransport::Plaintext, Some(token.clone()))
@@ -528,20 +502,7 @@ async fn rotation_keeps_the_certificate_while_the_ca_is_down_and_resumes() {
     use switchyard_dataplane_runtime::identity::{CaClient, CaTransport, Rotation, RotationPolicy};
     use switchyard_dataplane_runtime::tls::{IdentityStore, TrustBundle};
 
-    let cp = ControlPlane::start(&[(
-        "mesh.yaml",
-        vec![
-            namespace("default", None),
-            pod_on("default", "echo-1", "echo", "10.244.1.2", None),
-        ],
-    )])
-    .await
-    .unwrap();
-    let echo: switchyard_model::SpiffeId =
-        "spiffe://cluster.local/ns/default/sa/echo".parse().unwrap();
-    let token = TokenAuthority::load_or_create(cp.ca_dir.path())
-        .unwrap()
-        .create("default", "echo", None, Duration::from_secs(600));
+    let (cp, echo, token) = echo_mesh().await;
     let address = cp.xds();
     let bundle = cp.server.trust().authority().bundle().concat();
     let store = IdentityStore::new(TrustBundle::from_pem(&bundle).unwrap());
@@ -609,6 +570,25 @@ async fn rotation_keeps_the_certificate_while_the_ca_is_down_and_resumes() {
     assert_ne!(store.info().unwrap().serial, second.info.serial);
     task.abort();
     again.stop().await;
+}
+
+/// A control plane with one pod (`default/echo-1`, sa `echo`), the pod's identity and a
+/// bootstrap token for it.
+async fn echo_mesh() -> (ControlPlane, switchyard_model::SpiffeId, String) {
+    let cp = ControlPlane::start(&[(
+        "mesh.yaml",
+        vec![
+            namespace("default", None),
+            pod_on("default", "echo-1", "echo", "10.244.1.2", None),
+        ],
+    )])
+    .await
+    .unwrap();
+    let echo = "spiffe://cluster.local/ns/default/sa/echo".parse().unwrap();
+    let token = TokenAuthority::load_or_create(cp.ca_dir.path())
+        .unwrap()
+        .create("default", "echo", None, Duration::from_secs(600));
+    (cp, echo, token)
 }
 
 fn refused(r: Result<Vec<String>, tonic::Status>, code: Code, needle: &str) {
