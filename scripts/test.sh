@@ -20,6 +20,11 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+# The suites start the workspace's binaries as real processes (switchyard-sidecar, yardctl,
+# switchyard-echo); `cargo test` builds only the binaries of packages with integration tests.
+step "cargo build --workspace --bins"
+cargo build --workspace --bins --quiet
+
 step "cargo test --workspace"
 cargo test --workspace "$@"
 
