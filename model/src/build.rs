@@ -1,5 +1,6 @@
 //! [`MeshBuilder`]: inputs -> [`Mesh`], resolving modes, identities, endpoints and routes.
 
+use crate::ModeSource;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -285,9 +286,23 @@ impl MeshBuilder {
 
     fn build_workloads(&self, mesh: &mut Mesh, warnings: &mut Vec<BuildWarning>) {
         for (key, pod) in &self.pods {
-            let mode = pod
-                .mode
-                .unwrap_or_else(|| self.namespace_mode(mesh, &key.namespace));
+            let (mode, mode_source) = match pod.mode {
+                Some(m) => (m, ModeSource::PodLabel),
+                None => {
+                    let labelled = mesh
+                        .namespaces
+                        .get(&key.namespace)
+                        .is_some_and(|n| n.mode_label.is_some());
+                    (
+                        self.namespace_mode(mesh, &key.namespace),
+                        if labelled {
+                            ModeSource::NamespaceLabel
+                        } else {
+                            ModeSource::Default
+                        },
+                    )
+                }
+            };
             let sa = pod
                 .service_account
                 .clone()
@@ -306,6 +321,7 @@ impl MeshBuilder {
                 service_account: sa,
                 labels: pod.labels.clone(),
                 mode,
+                mode_source,
                 named_ports: pod.named_ports.clone(),
                 ready: pod.ready,
                 locality: node.map(|n| n.locality.clone()).unwrap_or_default(),
@@ -475,6 +491,7 @@ impl MeshBuilder {
             service_account: "default".into(),
             labels: BTreeMap::new(),
             mode: DataplaneMode::None,
+            mode_source: ModeSource::Default,
             identity: None,
             named_ports: BTreeMap::new(),
             ready: e.ready,

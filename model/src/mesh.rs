@@ -291,6 +291,18 @@ pub enum WorkloadKind {
     Endpoint,
 }
 
+/// Where a workload's dataplane mode comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeSource {
+    /// The pod's own `switchyard.io/dataplane-mode` label.
+    PodLabel,
+    /// Its namespace's label.
+    NamespaceLabel,
+    /// Neither is set: the control plane's `default_mode` (Helm `dataplane.defaultMode`).
+    Default,
+}
+
 /// A workload: a pod, or an endpoint address that no pod owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
@@ -312,6 +324,8 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     /// Effective dataplane mode: pod label > namespace label > mesh default.
     pub mode: DataplaneMode,
+    /// Where `mode` comes from.
+    pub mode_source: ModeSource,
     /// Identity, when in the mesh.
     pub identity: Option<SpiffeId>,
     /// Named container ports.
@@ -598,6 +612,24 @@ impl Mesh {
         self.workload_by_ip
             .get(&ip)
             .and_then(|uid| self.workloads.get(uid))
+    }
+
+    /// The effective dataplane mode of `namespace` (or of `pod` in it) and where it comes
+    /// from; `None` when the pod does not exist.
+    pub fn explain_mode(
+        &self,
+        namespace: &str,
+        pod: Option<&str>,
+    ) -> Option<(DataplaneMode, ModeSource)> {
+        if let Some(pod) = pod {
+            let w = self.workloads.get(&format!("{namespace}/{pod}"))?;
+            return Some((w.mode, w.mode_source));
+        }
+        Some(match self.namespaces.get(namespace) {
+            Some(ns) if ns.mode_label.is_some() => (ns.mode, ModeSource::NamespaceLabel),
+            Some(ns) => (ns.mode, ModeSource::Default),
+            None => (self.config.default_mode, ModeSource::Default),
+        })
     }
 
     /// Whether `policy` applies to `workload`.

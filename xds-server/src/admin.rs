@@ -49,6 +49,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/sources", get(sources))
         .route("/debug/ca", get(ca_status))
+        .route("/debug/mode", get(mode))
         .route("/ca/rotate-root", post(rotate_root));
     if state.test_hooks {
         r = r
@@ -92,6 +93,65 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         )
             .into_response(),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct ModeQuery {
+    namespace: Option<String>,
+    pod: Option<String>,
+}
+
+/// The effective dataplane mode of a namespace or pod, where it comes from, in words.
+async fn mode(State(s): State<AdminState>, Query(q): Query<ModeQuery>) -> Response {
+    use switchyard_model::{DATAPLANE_MODE_LABEL, ModeSource};
+    let Some(ns) = q.namespace else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "missing ?namespace=<name>[&pod=<name>]\n",
+        )
+            .into_response();
+    };
+    let generation = s.cache.generation();
+    let mesh = generation.mesh();
+    let Some((mode, source)) = mesh.explain_mode(&ns, q.pod.as_deref()) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!(
+                "no pod {}/{} in the mesh (generation {})\n",
+                ns,
+                q.pod.unwrap_or_default(),
+                mesh.generation
+            ),
+        )
+            .into_response();
+    };
+    let (ns_mode, ns_source) = mesh
+        .explain_mode(&ns, None)
+        .unwrap_or((mesh.config.default_mode, ModeSource::Default));
+    let ns_why = match ns_source {
+        ModeSource::NamespaceLabel => {
+            format!("namespace {ns} has label {DATAPLANE_MODE_LABEL}={ns_mode}")
+        }
+        _ => format!(
+            "namespace {ns} has no {DATAPLANE_MODE_LABEL} label, so the control plane default applies (default_mode={ns_mode})"
+        ),
+    };
+    let why = match (source, &q.pod) {
+        (ModeSource::PodLabel, Some(pod)) => format!(
+            "pod {ns}/{pod} has label {DATAPLANE_MODE_LABEL}={mode}, which overrides its namespace ({ns_why})"
+        ),
+        (_, Some(pod)) => format!("pod {ns}/{pod} has no {DATAPLANE_MODE_LABEL} label; {ns_why}"),
+        (_, None) => ns_why,
+    };
+    axum::Json(json!({
+        "namespace": ns,
+        "pod": q.pod,
+        "mode": mode.as_str(),
+        "source": source,
+        "reason": why,
+        "generation": mesh.generation,
+    }))
+    .into_response()
 }
 
 /// Root rotation phase, the roots in the bundle and which proxies still lack it.

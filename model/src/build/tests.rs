@@ -37,6 +37,24 @@ fn effective_mode_pod_label_beats_namespace_beats_default() {
     assert_eq!(mode("unlisted/d"), DataplaneMode::Ztunnel);
     assert_eq!(mode("side/e"), DataplaneMode::None);
     assert!(m.workloads["side/e"].identity.is_none());
+    let source = |uid: &str| m.workloads[uid].mode_source;
+    assert_eq!(source("default/a"), ModeSource::Default);
+    assert_eq!(source("side/b"), ModeSource::NamespaceLabel);
+    assert_eq!(source("side/c"), ModeSource::PodLabel);
+    assert_eq!(source("unlisted/d"), ModeSource::Default);
+    assert_eq!(
+        m.explain_mode("side", Some("c")),
+        Some((DataplaneMode::Ebpf, ModeSource::PodLabel))
+    );
+    assert_eq!(
+        m.explain_mode("side", None),
+        Some((DataplaneMode::Sidecar, ModeSource::NamespaceLabel))
+    );
+    assert_eq!(
+        m.explain_mode("nowhere", None),
+        Some((DataplaneMode::Ztunnel, ModeSource::Default))
+    );
+    assert_eq!(m.explain_mode("side", Some("missing")), None);
     assert_eq!(
         m.workloads["side/b"].identity.as_ref().unwrap().to_string(),
         "spiffe://cluster.local/ns/side/sa/default"
