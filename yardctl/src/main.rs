@@ -6,10 +6,13 @@
 //! client the dataplanes use, chain checks from the dataplanes' own verifier, and root
 //! rotation from the admin API.
 
+mod admin;
+mod debug;
 mod duration;
 mod inspect;
 mod request;
 mod rotate;
+mod xds;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,11 +48,27 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Impersonate any proxy over xDS and show what the control plane sends it.
+    Xds {
+        #[command(subcommand)]
+        command: xds::XdsCommand,
+    },
+    /// Every connected proxy with its sync state per type.
+    ProxyStatus(debug::StatusArgs),
+    /// What the control plane sends one proxy, decoded.
+    ProxyConfig(debug::ConfigArgs),
+    /// What differs between two proxies' configs, or one proxy's config and a saved one.
+    Diff(debug::DiffArgs),
+    /// The effective dataplane mode of a namespace or pod, and why.
+    Mode(debug::ModeArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Print a token that lets its holder ask for NAMESPACE/SERVICE_ACCOUNT's certificate.
+    #[command(
+        after_help = "Example:\n  yardctl token create --ca-dir switchyard-ca --namespace default --service-account web --ttl 1h"
+    )]
     Create {
         /// The control plane's CA directory (config key `ca_dir`), holding `token-key`.
         #[arg(long)]
@@ -73,9 +92,15 @@ enum TokenCommand {
 enum CertCommand {
     /// Generate a key here, have the CA sign it, and write key.pem (0600), cert-chain.pem
     /// (leaf first) and root-cert.pem into OUT_DIR.
+    #[command(
+        after_help = "Example:\n  yardctl cert request --ca-address 127.0.0.1:15012 --ca-root-file switchyard-ca/root-cert.pem \\\n      --token-file token --namespace default --service-account web --ttl 1h --out-dir web-cert"
+    )]
     Request(RequestArgs),
     /// Print a certificate's identity, validity and rotation time; with --bundle, check its
     /// chain as a dataplane would. Exits 1 if it is expired or the chain check fails.
+    #[command(
+        after_help = "Example:\n  yardctl cert inspect web-cert/cert-chain.pem --bundle switchyard-ca/root-cert.pem"
+    )]
     Inspect {
         /// PEM file: the certificate, optionally followed by its chain.
         cert: PathBuf,
@@ -131,6 +156,9 @@ struct RequestArgs {
 #[derive(Debug, Subcommand)]
 enum CaCommand {
     /// Start a root rotation: a new root joins the bundle and signs once every proxy has it.
+    #[command(
+        after_help = "Example:\n  yardctl ca rotate-root --admin 127.0.0.1:15014 --wait --timeout 2m"
+    )]
     RotateRoot {
         /// The control plane's admin address, HOST:PORT (port 15014 by default).
         #[arg(long)]
@@ -268,6 +296,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let st = rotate::run(&admin, wait.then_some(timeout.0), &mut out).await?;
             tracing::debug!(phase = %st.rotation.phase, roots = st.roots.len(), "rotation status");
         }
+        Command::Xds { command } => return xds::run(command, &mut out).await,
+        Command::ProxyStatus(args) => return debug::proxy_status(args, &mut out).await,
+        Command::ProxyConfig(args) => return debug::proxy_config(args, &mut out).await,
+        Command::Diff(args) => return debug::diff(args, &mut out).await,
+        Command::Mode(args) => return debug::mode(args, &mut out).await,
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

@@ -6,15 +6,13 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
 use serde::Deserialize;
 
+use crate::admin::http;
 use crate::duration::human;
 use crate::inspect::rfc3339;
 
 /// How long one admin request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `--wait` looks at `/debug/ca`.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -90,48 +88,6 @@ fn waiting_line(waiting: &[String]) -> String {
         if waiting.len() == 1 { "y" } else { "ies" },
         waiting.join(", ")
     )
-}
-
-/// One HTTP/1.1 request to the admin API; returns status and body.
-async fn http(admin: &str, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let unreachable = |reason: String| {
-        anyhow::anyhow!(
-            "cannot reach the admin API at {admin}: {reason} (is the control plane running, and is this its admin address, port 15014 by default?)"
-        )
-    };
-    let stream =
-        match tokio::time::timeout(REQUEST_TIMEOUT, tokio::net::TcpStream::connect(admin)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(unreachable(e.to_string())),
-            Err(_) => {
-                return Err(unreachable(format!(
-                    "no connection within {REQUEST_TIMEOUT:?}"
-                )));
-            }
-        };
-    let exchange = async {
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection ended");
-            }
-        });
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, admin)
-            .body(Empty::<Bytes>::new())?;
-        let resp = sender.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}"))
-        .and_then(|r| r)
-        .with_context(|| format!("{method} http://{admin}{path}"))
 }
 
 fn parse_status(what: &str, body: &str) -> anyhow::Result<CaStatus> {
