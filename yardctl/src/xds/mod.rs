@@ -751,6 +751,7 @@ impl Session {
         }
         let list: Vec<String> = names.iter().cloned().collect();
         view.asked = Some(names);
+        self.checker.expect_reply(type_url);
         self.client.subscribe(type_url, &list).await?;
         Ok(Some(note))
     }
@@ -1069,7 +1070,20 @@ struct Checker {
     sotw: HashMap<String, HashMap<String, BTreeMap<String, u64>>>,
     /// Delta: per type and name, the last version and content hash.
     delta: HashMap<(String, String), (String, u64)>,
+    /// Delta: the generation (`system_version_info`) of the latest push and the push-order
+    /// rank of the latest type pushed in it.
+    pushed: Option<(String, usize, String)>,
+    /// Types whose subscription changed and whose next response is a reply, not a push.
+    replies: HashSet<String>,
     count: usize,
+}
+
+/// Rank of a type in the order a management server must push them (CDS, EDS, LDS, RDS, then
+/// the rest as Switchyard pushes them); `None` for types outside that order.
+fn push_rank(type_url: &str) -> Option<usize> {
+    TypeUrl::parse(type_url)
+        .ok()
+        .and_then(|t| TypeUrl::ALL.iter().position(|x| *x == t))
 }
 
 /// Versions remembered per type for the SotW version check.
@@ -1089,8 +1103,39 @@ impl Checker {
             nonces: HashSet::new(),
             sotw: HashMap::new(),
             delta: HashMap::new(),
+            pushed: None,
+            replies: HashSet::new(),
             count: 0,
         }
+    }
+
+    /// The next response of `type_url` answers a subscription change.
+    fn expect_reply(&mut self, type_url: &str) {
+        self.replies.insert(type_url.to_string());
+    }
+
+    /// ADS order within one delta push: CDS before EDS before LDS before RDS.
+    fn check_order(&mut self, r: &Response) -> Option<String> {
+        if self.replies.remove(&r.type_url) {
+            return None;
+        }
+        let rank = push_rank(&r.type_url)?;
+        let s = short(&r.type_url);
+        let broken = match &self.pushed {
+            Some((generation, last, last_type)) if *generation == r.version && rank < *last => {
+                Some(format!(
+                    "ADS order broken in generation {generation}: {s} pushed after {}",
+                    short(last_type)
+                ))
+            }
+            _ => None,
+        };
+        let keep_last =
+            matches!(&self.pushed, Some((g, last, _)) if *g == r.version && *last > rank);
+        if !keep_last {
+            self.pushed = Some((r.version.clone(), rank, r.type_url.clone()));
+        }
+        broken
     }
 
     fn check(&mut self, r: &Response, subscribed: bool) -> Vec<String> {
@@ -1155,6 +1200,9 @@ impl Checker {
                 seen.extend(content);
             }
             Variant::Delta => {
+                if let Some(o) = self.check_order(r) {
+                    v.push(o);
+                }
                 for res in &r.resources {
                     if res.version.is_empty() {
                         v.push(format!("{s} resource {} without a version", res.name));

@@ -325,3 +325,37 @@ async fn followers_and_consistency_come_from_cds_and_lds() {
     assert_eq!(s.checker.count, 1);
     assert_eq!(s.not_sent(), ["eds/a"]);
 }
+
+#[test]
+fn checker_reports_pushes_out_of_ads_order() {
+    let (cds, eds, lds, rds) = (
+        TypeUrl::Cluster.as_str(),
+        TypeUrl::ClusterLoadAssignment.as_str(),
+        TypeUrl::Listener.as_str(),
+        TypeUrl::RouteConfiguration.as_str(),
+    );
+    let mut d = Checker::new(Variant::Delta);
+    // generation 5 in order
+    for (i, t) in [cds, eds, lds, rds].iter().enumerate() {
+        let v = d.check(
+            &response(t, "5", &format!("a{i}"), &[("x", "1", b"1")]),
+            true,
+        );
+        assert!(v.is_empty(), "{v:?}");
+    }
+    // generation 6: LDS, then CDS: broken
+    assert!(
+        d.check(&response(lds, "6", "b1", &[("x", "2", b"2")]), true)
+            .is_empty()
+    );
+    let v = d.check(&response(cds, "6", "b2", &[("x", "2", b"2")]), true);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(
+        v[0].contains("ADS order broken in generation 6: cds pushed after lds"),
+        "{v:?}"
+    );
+    // a reply to a subscription change is not a push
+    d.expect_reply(eds);
+    let v = d.check(&response(eds, "6", "b3", &[("y", "1", b"1")]), true);
+    assert!(v.is_empty(), "{v:?}");
+}
