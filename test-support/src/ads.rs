@@ -455,51 +455,12 @@ impl DeltaClient {
     }
 }
 
-/// The name inside an encoded resource (field 1 of every type Switchyard serves, except
-/// `ClusterLoadAssignment.cluster_name` which is also field 1; `Workload.uid` is field 1).
-pub fn resource_name(_type_url: &str, bytes: &[u8]) -> String {
-    // Field 1, wire type 2 (length-delimited): tag byte 0x0a.
-    let mut i = 0;
-    while i < bytes.len() {
-        let Some((key, n)) = varint(&bytes[i..]) else {
-            break;
-        };
-        i += n;
-        let field = key >> 3;
-        let wire = key & 7;
-        match wire {
-            0 => {
-                let Some((_, n)) = varint(&bytes[i..]) else {
-                    break;
-                };
-                i += n;
-            }
-            1 => i += 8,
-            5 => i += 4,
-            2 => {
-                let Some((len, n)) = varint(&bytes[i..]) else {
-                    break;
-                };
-                i += n;
-                let end = i + len as usize;
-                if field == 1 {
-                    return String::from_utf8_lossy(&bytes[i..end.min(bytes.len())]).into_owned();
-                }
-                i = end;
-            }
-            _ => break,
-        }
-    }
-    String::new()
-}
-
-fn varint(b: &[u8]) -> Option<(u64, usize)> {
-    let mut v = 0u64;
-    for (i, byte) in b.iter().enumerate().take(10) {
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((v, i + 1));
-        }
-    }
-    None
+/// The name of an encoded resource as xDS names it (`Service` and `Authorization` are
+/// `<namespace>/<name>`), decoded by the runtime's ADS client; empty when it does not decode.
+pub fn resource_name(type_url: &str, bytes: &[u8]) -> String {
+    let any = switchyard_protos::wkt::Any {
+        type_url: type_url.to_string(),
+        value: bytes.to_vec(),
+    };
+    switchyard_dataplane_runtime::ads_client::resource_name(&any).unwrap_or_default()
 }
