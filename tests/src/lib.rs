@@ -1,6 +1,8 @@
 //! Shared setup of the cross-crate suites: a control plane serving a temporary manifest
 //! directory, and small HTTP helpers for its admin API.
 
+pub mod yardctl;
+
 use std::net::SocketAddr;
 use std::sync::Once;
 use std::time::Duration;

@@ -13,12 +13,11 @@ use switchyard_ca::token::TokenAuthority;
 use switchyard_protos::TypeUrl;
 use switchyard_test_support::ads::{SotwClient, node};
 use switchyard_test_support::manifests::{self, namespace, pod};
+use switchyard_tests::yardctl::{Run, command, finish};
 use switchyard_tests::{ControlPlane, STEP};
 
 const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
 const PROXY: &str = "sidecar~10.244.0.9~web-1.default~default.svc.cluster.local";
-/// Longest a yardctl run may take.
-const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn mesh() -> Vec<(&'static str, Vec<String>)> {
     vec![(
@@ -30,61 +29,8 @@ fn mesh() -> Vec<(&'static str, Vec<String>)> {
     )]
 }
 
-/// A finished yardctl run.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    #[track_caller]
-    fn ok(self) -> Self {
-        assert_eq!(self.code, Some(0), "yardctl failed: {self:#?}");
-        self
-    }
-
-    #[track_caller]
-    fn failed(self) -> Self {
-        assert!(
-            self.code.is_some_and(|c| c != 0),
-            "yardctl should have failed: {self:#?}"
-        );
-        self
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
-    }
-}
-
-fn command(args: &[&str]) -> tokio::process::Command {
-    let bin = switchyard_test_support::echo_process::workspace_binary("yardctl").unwrap();
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
-
-async fn finish(child: tokio::process::Child) -> Run {
-    let out = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
-        .await
-        .expect("yardctl did not finish in time")
-        .unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 async fn yardctl(args: &[&str]) -> Run {
-    finish(command(args).spawn().unwrap()).await
+    switchyard_tests::yardctl::run(args).await
 }
 
 fn s(p: &Path) -> &str {

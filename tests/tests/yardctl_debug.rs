@@ -3,13 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
-use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
 use switchyard_test_support::manifests::*;
 use switchyard_test_support::{Envoy, EnvoyOptions, eventually};
 use switchyard_tests::ControlPlane;
+use switchyard_tests::yardctl::Run;
 
 const WAIT: Duration = Duration::from_secs(15);
 const CLIENT: &str = "envoy~127.0.20.1~client-0.default~default.svc.cluster.local";
@@ -53,17 +53,12 @@ fn mesh() -> Vec<(&'static str, Vec<String>)> {
     ]
 }
 
-async fn yardctl(args: &[&str]) -> Output {
-    let bin = switchyard_test_support::echo_process::workspace_binary("yardctl").unwrap();
-    tokio::process::Command::new(bin)
-        .args(args)
-        .output()
-        .await
-        .unwrap()
+async fn yardctl(args: &[&str]) -> Run {
+    switchyard_tests::yardctl::run(args).await
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+fn stdout(o: &Run) -> String {
+    o.stdout.clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +99,7 @@ async fn proxy_status_config_diff_and_mode() {
 
     // proxy-status: the Envoy, every type SYNCED with its version
     let o = yardctl(&["proxy-status", "--admin", &admin]).await;
-    assert!(o.status.success(), "{o:?}");
+    assert!(o.code == Some(0), "{o:?}");
     let table = stdout(&o);
     let header = table.lines().next().unwrap();
     for col in [
@@ -133,7 +128,7 @@ async fn proxy_status_config_diff_and_mode() {
     ])
     .await;
     assert_eq!(
-        serde_json::from_slice::<Value>(&o.stdout).unwrap(),
+        serde_json::from_str::<Value>(&o.stdout).unwrap(),
         Value::Array(vec![])
     );
 
@@ -170,8 +165,8 @@ async fn proxy_status_config_diff_and_mode() {
         "json",
     ])
     .await;
-    assert!(o.status.success(), "{o:?}");
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(o.code == Some(0), "{o:?}");
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
     let names: Vec<&str> = v["resources"]["cds"]
         .as_array()
         .unwrap()
@@ -200,8 +195,8 @@ async fn proxy_status_config_diff_and_mode() {
         "{row}"
     );
     let o = yardctl(&["proxy-config", "nobody.default", "--admin", &admin]).await;
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no connected proxy"));
+    assert_eq!(o.code, Some(1));
+    assert!(o.stderr.contains("no connected proxy"));
 
     // diff over time: only the route whose timeout changed
     let saved = tempfile::NamedTempFile::new().unwrap();
@@ -215,7 +210,7 @@ async fn proxy_status_config_diff_and_mode() {
         &admin,
     ])
     .await;
-    assert!(o.status.success(), "{o:?}");
+    assert!(o.code == Some(0), "{o:?}");
     let g = cp.generation();
     cp.manifests.write("route.yaml", &[route("7s")]).unwrap();
     cp.wait_generation(g + 1).await.unwrap();
@@ -228,7 +223,7 @@ async fn proxy_status_config_diff_and_mode() {
         &admin,
     ])
     .await;
-    assert!(o.status.success(), "{o:?}");
+    assert!(o.code == Some(0), "{o:?}");
     let flagged = yardctl(&[
         "diff",
         "client-0.default",
@@ -239,11 +234,7 @@ async fn proxy_status_config_diff_and_mode() {
         "--exit-code",
     ])
     .await;
-    assert_eq!(
-        flagged.status.code(),
-        Some(1),
-        "--exit-code: 1 when they differ"
-    );
+    assert_eq!(flagged.code, Some(1), "--exit-code: 1 when they differ");
     let out = stdout(&o);
     let changes: Vec<&str> = out
         .lines()
@@ -298,7 +289,7 @@ async fn proxy_status_config_diff_and_mode() {
         "{out}"
     );
     let o = yardctl(&["mode", "side/api-0", "--admin", &admin, "-o", "json"]).await;
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(
         (v["mode"].as_str(), v["source"].as_str()),
         (Some("ztunnel"), Some("namespace_label"))
@@ -306,7 +297,7 @@ async fn proxy_status_config_diff_and_mode() {
     let o = yardctl(&["mode", "unlabelled", "--admin", &admin]).await;
     assert!(stdout(&o).contains("(default)"), "{}", stdout(&o));
     let o = yardctl(&["mode", "side/missing", "--admin", &admin]).await;
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no pod side/missing"));
+    assert_eq!(o.code, Some(1));
+    assert!(o.stderr.contains("no pod side/missing"));
     drop(envoy);
 }

@@ -8,7 +8,6 @@
 //! The binary must be built first (`cargo build -p yardctl`; `cargo test --workspace` does).
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use serde_json::Value;
 use switchyard_protos::TypeUrl;
@@ -21,13 +20,12 @@ use switchyard_protos::envoy::envoy::service::discovery::v3::{
 };
 use switchyard_test_support::eventually::eventually;
 use switchyard_test_support::manifests::*;
+use switchyard_tests::yardctl::{Run, command};
 use switchyard_tests::{ControlPlane, STEP};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const SIDECAR: &str = "sidecar~10.244.0.9~client.default~default.svc.cluster.local";
 const ECHO_CLUSTER: &str = "outbound|8080||echo.default.svc.cluster.local";
-/// Longest a yardctl run may take.
-const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn base() -> Vec<(&'static str, Vec<String>)> {
     vec![(
@@ -59,48 +57,8 @@ const AS_SIDECAR: [&str; 8] = [
     "10.244.0.9",
 ];
 
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    #[track_caller]
-    fn ok(self) -> Self {
-        assert_eq!(self.code, Some(0), "yardctl failed: {self:#?}");
-        self
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
-    }
-}
-
-fn command(args: &[&str]) -> tokio::process::Command {
-    let bin = switchyard_test_support::echo_process::workspace_binary("yardctl").unwrap();
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
-
 async fn yardctl(args: &[&str]) -> Run {
-    let child = command(args).spawn().unwrap();
-    let out = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
-        .await
-        .expect("yardctl did not finish in time")
-        .unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    switchyard_tests::yardctl::run(args).await
 }
 
 /// `xds get` against `cp` with `args` after the address.
