@@ -101,6 +101,28 @@ pub struct ProxyMetadata {
     pub listen_address: Option<IpAddr>,
 }
 
+impl ProxyMetadata {
+    /// Reads the contract's `node.metadata` fields through `field` (which returns a field's
+    /// non-empty string value); fails only on a `LISTEN_ADDRESS` that is not an IP address.
+    pub fn from_fields(field: impl Fn(&str) -> Option<String>) -> Result<Self, ProxyIdError> {
+        let listen_address = match field("LISTEN_ADDRESS") {
+            Some(v) => Some(v.parse().map_err(|_| ProxyIdError::MetadataIp {
+                field: "LISTEN_ADDRESS",
+                value: v.clone(),
+            })?),
+            None => None,
+        };
+        Ok(ProxyMetadata {
+            namespace: field("NAMESPACE"),
+            pod_name: field("POD_NAME"),
+            node_name: field("NODE_NAME"),
+            service_account: field("SERVICE_ACCOUNT"),
+            cluster_id: field("CLUSTER_ID"),
+            listen_address,
+        })
+    }
+}
+
 /// A parsed proxy identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProxyId {

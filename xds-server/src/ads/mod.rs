@@ -87,27 +87,7 @@ pub fn proxy_from_node(node: Option<&Node>) -> Result<ProxyId, switchyard_model:
                 _ => None,
             })
     };
-    let listen_address = match field("LISTEN_ADDRESS") {
-        Some(v) => Some(
-            v.parse()
-                .map_err(|_| switchyard_model::ProxyIdError::MetadataIp {
-                    field: "LISTEN_ADDRESS",
-                    value: v.clone(),
-                })?,
-        ),
-        None => None,
-    };
-    ProxyId::parse(
-        &node.id,
-        ProxyMetadata {
-            namespace: field("NAMESPACE"),
-            pod_name: field("POD_NAME"),
-            node_name: field("NODE_NAME"),
-            service_account: field("SERVICE_ACCOUNT"),
-            cluster_id: field("CLUSTER_ID"),
-            listen_address,
-        },
-    )
+    ProxyId::parse(&node.id, ProxyMetadata::from_fields(field)?)
 }
 
 /// What a client subscribed to for one type.

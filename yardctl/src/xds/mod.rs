@@ -453,24 +453,9 @@ fn build_node(a: &ClientArgs, warn: &mut impl Write) -> anyhow::Result<(Node, Pr
     // The server's checks, here, so that a contradiction is reported before connecting.
     if a.node_id.is_none() || ProxyId::parse(&id, ProxyMetadata::default()).is_ok() {
         let field = |k: &str| metadata.get(k).filter(|v| !v.is_empty()).cloned();
-        let listen_address = match field("LISTEN_ADDRESS") {
-            Some(v) => Some(v.parse().map_err(|_| {
-                anyhow::anyhow!("--metadata LISTEN_ADDRESS={v}: not an IP address")
-            })?),
-            None => None,
-        };
-        ProxyId::parse(
-            &id,
-            ProxyMetadata {
-                namespace: field("NAMESPACE"),
-                pod_name: field("POD_NAME"),
-                node_name: field("NODE_NAME"),
-                service_account: field("SERVICE_ACCOUNT"),
-                cluster_id: field("CLUSTER_ID"),
-                listen_address,
-            },
-        )
-        .context("the node would be refused")?;
+        let md =
+            ProxyMetadata::from_fields(field).map_err(|e| anyhow::anyhow!("--metadata: {e}"))?;
+        ProxyId::parse(&id, md).context("the node would be refused")?;
     }
     let node = Node {
         id,
