@@ -1,6 +1,6 @@
-//! The xDS client pieces dataplanes share. For now: following the trust bundle (`ROOTCA`)
-//! over delta ADS, ACKing what is applied and NACKing a bundle that does not parse (the last
-//! good bundle stays in use), reconnecting with backoff.
+//! Following the trust bundle (`ROOTCA`) over delta ADS with the shared
+//! [`AdsClient`](crate::ads_client::AdsClient): ACKs what is applied, NACKs a bundle that
+//! does not parse (the last good bundle stays in use), reconnects with backoff.
 
 use std::time::Duration;
 
@@ -8,16 +8,9 @@ use prost::Message;
 use switchyard_protos::TypeUrl;
 use switchyard_protos::envoy::envoy::config::core::v3::Node;
 use switchyard_protos::envoy::envoy::extensions::transport_sockets::tls::v3 as tls;
-use switchyard_protos::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use switchyard_protos::envoy::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
-};
-use switchyard_protos::envoy::google::rpc::Status as RpcStatus;
-use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
+use crate::ads_client::{AdsClient, AdsError, Variant};
 use crate::tls::{IdentityStore, TrustBundle};
 
 /// The trust bundle secret's name.
@@ -34,12 +27,9 @@ pub enum XdsError {
         /// Cause.
         source: tonic::transport::Error,
     },
-    /// The stream failed.
-    #[error("ads stream: {0}")]
-    Stream(#[from] tonic::Status),
-    /// The server closed the stream.
-    #[error("ads stream closed by the server")]
-    Closed,
+    /// The stream failed or ended.
+    #[error(transparent)]
+    Ads(#[from] AdsError),
 }
 
 /// The PEM roots of a `ROOTCA` secret.
@@ -84,36 +74,19 @@ async fn follow_once(address: &str, node: &Node, store: &IdentityStore) -> Resul
             address: address.to_string(),
             source: e,
         })?;
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let (tx, rx) = mpsc::channel(4);
-    let first = DeltaDiscoveryRequest {
-        node: Some(node.clone()),
-        type_url: TypeUrl::Secret.as_str().to_string(),
-        resource_names_subscribe: vec![ROOT_CA.to_string()],
-        ..Default::default()
-    };
-    let _ = tx.send(first).await;
-    let mut responses = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut client = AdsClient::connect(channel, node.clone(), Variant::Delta);
+    client
+        .subscribe(TypeUrl::Secret.as_str(), &[ROOT_CA])
+        .await?;
     info!(%address, "following the trust bundle");
-    while let Some(resp) = responses.next().await {
-        let resp: DeltaDiscoveryResponse = resp?;
+    loop {
+        let resp = client.next().await?;
         let mut error = None;
-        for r in &resp.resources {
-            if r.name != ROOT_CA {
-                continue;
-            }
-            let parsed = r
-                .resource
-                .as_ref()
-                .ok_or_else(|| "resource body missing".to_string())
-                .and_then(|any| {
-                    tls::Secret::decode(any.value.as_slice()).map_err(|e| e.to_string())
-                })
+        for r in resp.resources.iter().filter(|r| r.name == ROOT_CA) {
+            let parsed = tls::Secret::decode(r.resource.value.as_slice())
+                .map_err(|e| e.to_string())
                 .and_then(|s| {
-                    bundle_pem(&s).ok_or_else(|| "not an inline validation context".into())
+                    bundle_pem(&s).ok_or_else(|| "not an inline validation context".to_string())
                 })
                 .and_then(|pem| TrustBundle::from_pem(&pem).map_err(|e| e.to_string()));
             match parsed {
@@ -125,22 +98,12 @@ async fn follow_once(address: &str, node: &Node, store: &IdentityStore) -> Resul
                 Err(e) => error = Some(format!("ROOTCA: {e}")),
             }
         }
-        let ack = DeltaDiscoveryRequest {
-            type_url: resp.type_url.clone(),
-            response_nonce: resp.nonce.clone(),
-            error_detail: error.map(|message| {
+        match error {
+            Some(message) => {
                 warn!(%message, "trust bundle rejected; the last good one stays in use");
-                RpcStatus {
-                    code: tonic::Code::InvalidArgument as i32,
-                    message,
-                    details: Vec::new(),
-                }
-            }),
-            ..Default::default()
-        };
-        if tx.send(ack).await.is_err() {
-            break;
+                client.nack(&resp, &message).await?;
+            }
+            None => client.ack(&resp).await?,
         }
     }
-    Err(XdsError::Closed)
 }
