@@ -1,5 +1,6 @@
-//! The echo backend as a separate process (`switchyard-echo`), for suites that want real
-//! backend processes rather than tasks in the test process.
+//! The echo backend as a separate process (`switchyard-echo serve`, built from the
+//! `switchyard-echo` crate), for suites that want real backend processes rather than tasks in
+//! the test process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,8 +43,8 @@ pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 impl EchoProcess {
-    /// Starts `switchyard-echo --name <name>` serving HTTP and/or gRPC on the given addresses
-    /// and waits until it listens.
+    /// Starts `switchyard-echo serve --name <name>` serving HTTP (HTTP/1.1 and h2c) and/or
+    /// gRPC on the given addresses and waits until it listens.
     pub async fn start(
         name: &str,
         http: Option<SocketAddr>,
@@ -52,7 +53,8 @@ impl EchoProcess {
         let dir = tempfile::tempdir()?;
         let ready_file = dir.path().join("ready.json");
         let mut cmd = tokio::process::Command::new(echo_binary()?);
-        cmd.arg("--name")
+        cmd.arg("serve")
+            .arg("--name")
             .arg(name)
             .arg("--ready-file")
             .arg(&ready_file);

@@ -1,6 +1,7 @@
-//! Test harness pieces shared by Switchyard's integration and conformance suites: an echo
-//! backend (HTTP/1.1 and gRPC) with client helpers, a real-Envoy process harness, the
-//! proxyless-gRPC (Python `grpcio`) helpers and polling assertions.
+//! Test harness pieces shared by Switchyard's integration and conformance suites: the echo
+//! backend (re-exported from `switchyard-echo`) and a harness that runs its binary, a
+//! real-Envoy process harness, the proxyless-gRPC (Python `grpcio`) helpers and polling
+//! assertions.
 //!
 //! This crate owns only test scaffolding. It must not hold product logic, must not be a
 //! dependency of any non-test crate, and must not reach anything but loopback: every server
@@ -28,11 +29,9 @@ pub use envoy::{Envoy, EnvoyOptions, envoy_binary};
 pub use eventually::{DEFAULT_EVENTUALLY_TIMEOUT, eventually};
 pub use grpc_xds::{grpc_xds_client_script, python, write_grpc_bootstrap};
 
-/// Generated types and gRPC stubs for `switchyard.test.v1` (`proto/switchyard/test/v1/echo.proto`).
-pub mod pb {
-    #![allow(missing_docs, clippy::all)]
-    tonic::include_proto!("switchyard.test.v1");
-}
+/// Generated types and gRPC stubs for `switchyard.test.v1`, from `switchyard-echo`
+/// (`echo/proto/switchyard/test/v1/echo.proto`).
+pub use switchyard_echo::pb;
 
 /// The workspace root, as seen when this crate was compiled (`<test-support>/..`).
 ///

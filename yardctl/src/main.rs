@@ -8,6 +8,7 @@
 
 mod admin;
 mod debug;
+mod dev;
 mod duration;
 mod inspect;
 mod request;
@@ -61,6 +62,11 @@ enum Command {
     Diff(debug::DiffArgs),
     /// The effective dataplane mode of a namespace or pod, and why.
     Mode(debug::ModeArgs),
+    /// A local cluster on this machine: nodes and pods as network namespaces (needs root).
+    Dev {
+        #[command(subcommand)]
+        command: dev::DevCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +197,26 @@ fn init_logs() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // These replace this process (or become the long-lived supervisor): no runtime and no
+    // stderr logging of their own.
+    let cli = match cli.command {
+        Command::Dev {
+            command: dev::DevCommand::Enter(args),
+        } => return dev::enter(args),
+        Command::Dev {
+            command: dev::DevCommand::Supervise(args),
+        } => return dev::supervise(args),
+        Command::Dev {
+            command: dev::DevCommand::Exec(args),
+        } => {
+            init_logs();
+            return dev::exec(args).unwrap_or_else(|e| {
+                let _ = writeln!(std::io::stderr(), "yardctl: {e:#}");
+                ExitCode::FAILURE
+            });
+        }
+        command => Cli { command },
+    };
     init_logs();
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -301,6 +327,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::ProxyConfig(args) => return debug::proxy_config(args, &mut out).await,
         Command::Diff(args) => return debug::diff(args, &mut out).await,
         Command::Mode(args) => return debug::mode(args, &mut out).await,
+        Command::Dev { command } => {
+            return match command {
+                dev::DevCommand::Up(args) => dev::up(args, &mut out),
+                dev::DevCommand::Down(args) => dev::down(args, &mut out),
+                dev::DevCommand::Status(args) => dev::status(args, &mut out).await,
+                dev::DevCommand::Logs(args) => dev::logs(args, &mut out),
+                dev::DevCommand::DeletePod(args) => dev::delete_pod(args, &mut out),
+                dev::DevCommand::Exec(_)
+                | dev::DevCommand::Supervise(_)
+                | dev::DevCommand::Enter(_) => unreachable!("handled in main before the runtime"),
+            };
+        }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

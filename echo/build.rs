@@ -1,4 +1,4 @@
-//! Compiles the test echo proto with the vendored `protoc`, as `protos/build.rs` does.
+//! Compiles the echo proto with the vendored `protoc`, as `protos/build.rs` does.
 
 use std::error::Error;
 use std::path::PathBuf;
