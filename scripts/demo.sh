@@ -131,26 +131,26 @@ if [[ $EUID -ne 0 ]]; then
     command -v sudo >/dev/null || { echo "demo: the local cluster needs root (or sudo)" >&2; exit 1; }
     SUDO=(sudo)
 fi
-DEV=("${SUDO[@]}" "$BIN/yardctl" dev --name demo)
+DEV=("${SUDO[@]}" "$BIN/yardctl" dev)
 CLUSTER_UP=0
 cleanup_cluster() {
-    if [[ $CLUSTER_UP -eq 1 ]]; then "${DEV[@]}" down || true; fi
+    if [[ $CLUSTER_UP -eq 1 ]]; then "${DEV[@]}" down --name demo || true; fi
 }
 trap 'cleanup_cluster; cleanup' EXIT
 
 step "local cluster: 2 nodes, the control plane, the demo app (examples/local/manifests)"
 if [[ -e /run/switchyard/dev/demo/state.json ]]; then
     echo "demo: a local cluster 'demo' is up already; removing it first"
-    "${DEV[@]}" down
+    "${DEV[@]}" down --name demo
 fi
 CLUSTER_UP=1
 "${SUDO[@]}" "$BIN/yardctl" dev up --name demo --nodes 2 --manifests examples/local/manifests
-"${DEV[@]}" status
+"${DEV[@]}" status --name demo
 
 pod_field() { # status json, filter -> value
     python3 -c "import json,sys; s=json.load(sys.stdin); $1" <<<"$STATUS"
 }
-STATUS="$("${DEV[@]}" status -o json)"
+STATUS="$("${DEV[@]}" status --name demo -o json)"
 CLIENT_NODE=$(pod_field 'print(s["pods"]["demo/client"]["node"])')
 mapfile -t FAR < <(pod_field "[print(p['name'], p['ip']) for p in s['pods'].values() if p['owner']=='echo' and p['node']!='$CLIENT_NODE']")
 mapfile -t NEAR < <(pod_field "[print(p['name'], p['ip']) for p in s['pods'].values() if p['owner']=='echo' and p['node']=='$CLIENT_NODE']")
@@ -158,7 +158,7 @@ mapfile -t NEAR < <(pod_field "[print(p['name'], p['ip']) for p in s['pods'].val
 step "pod to pod by IP: demo/client ($CLIENT_NODE) -> every echo pod, one HTTP request each"
 for entry in "${NEAR[@]}" "${FAR[@]}"; do
     read -r name ip <<<"$entry"
-    body=$("${DEV[@]}" exec client -- switchyard-echo get "http://$ip:8080/hello")
+    body=$("${DEV[@]}" exec --name demo client -- switchyard-echo get "http://$ip:8080/hello" 2>>"$WORK/client.log")
     python3 -c "import json,sys; b=json.load(sys.stdin); print(f\"  {b['backend']:<14} at $ip answered {b['protocol']}, saw the caller as {b['caller']}\")" <<<"$body"
 done
 
@@ -166,7 +166,7 @@ read -r far_name far_ip <<<"${FAR[0]}"
 step "across nodes: 2 s of HTTP/1.1, HTTP/2 and gRPC at 200 requests/s to $far_name ($far_ip)"
 for proto in "--http http://$far_ip:8080/" "--http http://$far_ip:8080/ --http2" "--grpc $far_ip:9090"; do
     # shellcheck disable=SC2086
-    "${DEV[@]}" exec client -- switchyard-echo load $proto --rate 200 --duration 2s --connections 4 >"$WORK/load.json"
+    "${DEV[@]}" exec --name demo client -- switchyard-echo load $proto --rate 200 --duration 2s --connections 4 >"$WORK/load.json" 2>>"$WORK/client.log"
     python3 - "$WORK/load.json" "$proto" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
