@@ -256,7 +256,8 @@ fn spiffe_id_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, TlsError> {
     }
 }
 
-fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, TlsError> {
+/// Facts about the certificate `der` (the HBONE server reads its clients' serials with it).
+pub(crate) fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, TlsError> {
     let cert = parse_certificate(der)?;
     let id = spiffe_id_of(&cert)?;
     let raw = cert.raw_serial();
@@ -408,7 +409,7 @@ fn verify_peer(
 }
 
 /// The identities a peer may present.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Expected {
     /// Exactly this identity.
     Exact(SpiffeId),
@@ -832,66 +833,12 @@ mod tests {
         BasicConstraints, CertificateParams, DistinguishedName as Dn, DnType, IsCa, KeyPair,
         KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
     };
-    use switchyard_ca::{Authority, AuthorityConfig, Issued, check_csr, load_or_create_root};
-    use tempfile::TempDir;
+    use switchyard_ca::{Authority, AuthorityConfig};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_rustls::{TlsAcceptor, TlsConnector};
 
     use super::*;
-
-    const TD: &str = "cluster.local";
-
-    fn id(ns: &str, sa: &str) -> SpiffeId {
-        SpiffeId::new(TD, ns, sa)
-    }
-
-    /// A CA with its root in a temporary directory.
-    struct Ca {
-        _dir: TempDir,
-        authority: Authority,
-    }
-
-    impl Ca {
-        fn new() -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            let authority = load_or_create_root(dir.path(), AuthorityConfig::default()).unwrap();
-            Ca {
-                _dir: dir,
-                authority,
-            }
-        }
-
-        fn root_pem(&self) -> String {
-            self.authority.bundle().concat()
-        }
-
-        fn bundle(&self) -> TrustBundle {
-            TrustBundle::from_pem(&self.root_pem()).unwrap()
-        }
-
-        /// Issues a certificate for `who`; returns it with its key PEM.
-        fn issue(&self, who: &SpiffeId) -> (Issued, String) {
-            let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-            let mut params = CertificateParams::default();
-            params.subject_alt_names = vec![SanType::URI(who.to_string().try_into().unwrap())];
-            let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-            let checked = check_csr(&csr, TD).unwrap();
-            let issued = self.authority.issue(&checked, who, None).unwrap();
-            (issued, key.serialize_pem())
-        }
-
-        /// A store trusting this CA, holding a certificate for `who` issued by `issuer`.
-        fn store_with(&self, issuer: &Ca, who: &SpiffeId) -> IdentityStore {
-            let store = IdentityStore::new(self.bundle());
-            let (issued, key) = issuer.issue(who);
-            store.set_certificate(&issued.chain, &key).unwrap();
-            store
-        }
-
-        fn store(&self, who: &SpiffeId) -> IdentityStore {
-            self.store_with(self, who)
-        }
-    }
+    use crate::test_ca::{Ca, TD, id};
 
     /// What the client saw of the server.
     #[derive(Debug)]
@@ -1252,12 +1199,7 @@ mod tests {
     #[tokio::test]
     async fn chains_through_an_intermediate() {
         let root = Ca::new();
-        let root_key =
-            std::fs::read_to_string(root._dir.path().join(switchyard_ca::ROOT_KEY_FILE)).unwrap();
-        let intermediate = Ca {
-            _dir: tempfile::tempdir().unwrap(),
-            authority: intermediate_under(&root, &root_key),
-        };
+        let intermediate = Ca::with_authority(intermediate_under(&root, &root.root_key_pem()));
         let b = id("default", "server");
         let (issued, key) = intermediate.issue(&b);
         assert_eq!(issued.chain.len(), 3, "leaf, intermediate, root");

@@ -1,0 +1,466 @@
+//! The HBONE server: accepts mutual-TLS HTTP/2 connections and turns authorized `CONNECT`
+//! streams into byte copies to their targets.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ALLOW, HeaderValue};
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use switchyard_model::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::stats::HboneStats;
+use super::stream::Counted;
+use super::{ALPN_H2, REASON_HEADER};
+use crate::tls::{IdentityStore, cert_info, server_config};
+
+/// A byte stream to a tunnel's target, as returned by [`InboundHandler::connect`]. Implemented
+/// for every suitable type ([`TcpStream`], a Unix socket, an in-memory pipe, ...).
+pub trait TargetStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> TargetStream for T {}
+
+/// The client of an HBONE connection, as verified by the TLS handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The client's SPIFFE ID (its certificate chains to the trust bundle).
+    pub identity: SpiffeId,
+    /// The client certificate's serial, lowercase hex.
+    pub serial: String,
+    /// The client's address as the server sees it (a pod, or a node proxy).
+    pub addr: SocketAddr,
+}
+
+/// An authorization decision against a stream, with the reason the server logs and sends to
+/// the client in [`REASON_HEADER`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    reason: String,
+}
+
+impl Refusal {
+    /// A refusal explained by `reason` (for example the policy that denied the stream).
+    pub fn new(reason: impl Into<String>) -> Self {
+        Refusal {
+            reason: reason.into(),
+        }
+    }
+
+    /// The explanation.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// What the dataplane decides for each `CONNECT` an [`HboneServer`] receives: whether the
+/// client may reach the target (authorization policy) and how to reach it.
+pub trait InboundHandler: Send + Sync + 'static {
+    /// Whether `peer` may open a tunnel to `target`. A refusal answers 403.
+    fn authorize(
+        &self,
+        peer: &Peer,
+        target: SocketAddr,
+    ) -> impl Future<Output = Result<(), Refusal>> + Send;
+
+    /// Opens the stream to `target` for an authorized `peer`; an error answers 503 (as does
+    /// exceeding [`HboneServerConfig::target_connect_timeout`]). The default dials `target`
+    /// over TCP.
+    fn connect(
+        &self,
+        _peer: &Peer,
+        target: SocketAddr,
+    ) -> impl Future<Output = io::Result<Box<dyn TargetStream>>> + Send {
+        async move {
+            let stream = TcpStream::connect(target).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as Box<dyn TargetStream>)
+        }
+    }
+}
+
+/// Settings of an [`HboneServer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HboneServerConfig {
+    /// Limit for a client's TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Limit for [`InboundHandler::connect`]; past it the stream is answered 503.
+    pub target_connect_timeout: Duration,
+    /// At shutdown, how long open tunnels may go on before they are cut.
+    pub drain_timeout: Duration,
+    /// HTTP/2 `PING` interval to notice vanished clients; `None` disables keepalive.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a keepalive `PING` may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// Concurrent streams one client connection may open.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for HboneServerConfig {
+    fn default() -> Self {
+        HboneServerConfig {
+            handshake_timeout: Duration::from_secs(10),
+            target_connect_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 1000,
+        }
+    }
+}
+
+/// Serves HBONE on a listener: TLS 1.3 presenting the store's certificate, client
+/// certificates required and verified against the store's bundle, HTTP/2 only, `CONNECT` only.
+///
+/// For each `CONNECT`: an authority that is not `ip:port` answers 400, another method 405; then
+/// the [`InboundHandler`] authorizes the client's identity for the target (403 on refusal) and
+/// connects to it (503 on failure); then 200 and bytes are copied both ways until both sides
+/// have closed (a half-close is passed on).
+pub struct HboneServer<H> {
+    inner: Arc<ServerInner<H>>,
+}
+
+struct ServerInner<H> {
+    handler: H,
+    config: HboneServerConfig,
+    tls: Arc<ServerConfig>,
+    stats: Arc<HboneStats>,
+}
+
+/// What every task of one [`HboneServer::serve`] call shares.
+#[derive(Clone)]
+struct Tasks {
+    /// Cancelled by the caller: stop accepting, send GOAWAY.
+    shutdown: CancellationToken,
+    /// Cancelled when the drain timeout passes: cut what is left.
+    abort: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl<H> fmt::Debug for HboneServer<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HboneServer")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: InboundHandler> HboneServer<H> {
+    /// A server presenting the certificate in `store` and deciding with `handler`, with
+    /// default settings.
+    pub fn new(store: &IdentityStore, handler: H) -> Self {
+        Self::with_config(store, handler, HboneServerConfig::default())
+    }
+
+    /// A server presenting the certificate in `store` and deciding with `handler`.
+    pub fn with_config(store: &IdentityStore, handler: H, config: HboneServerConfig) -> Self {
+        HboneServer {
+            inner: Arc::new(ServerInner {
+                handler,
+                config,
+                tls: server_config(store, true, vec![ALPN_H2.to_vec()]),
+                stats: Arc::default(),
+            }),
+        }
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> Arc<HboneStats> {
+        self.inner.stats.clone()
+    }
+
+    /// Serves `listener` (normally bound to `0.0.0.0:15008`) until `shutdown` is cancelled.
+    ///
+    /// Errors of one connection or stream are logged and never stop the server. On shutdown
+    /// the listener is closed at once, every connection gets an HTTP/2 `GOAWAY` (clients open
+    /// new tunnels elsewhere), open tunnels get [`HboneServerConfig::drain_timeout`] to finish
+    /// and are then cut; this returns when everything has stopped.
+    pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) {
+        let tasks = Tasks {
+            shutdown,
+            abort: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        let local = listener.local_addr().ok();
+        info!(addr = ?local, "hbone server listening");
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = tasks.shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((tcp, addr)) => {
+                    let inner = self.inner.clone();
+                    let span = info_span!("hbone_server_conn", peer_addr = %addr, identity = tracing::field::Empty);
+                    tasks.tracker.spawn(
+                        inner
+                            .serve_connection(tcp, addr, tasks.clone())
+                            .instrument(span),
+                    );
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    warn!(%error, "hbone accept failed");
+                    tokio::select! {
+                        () = tasks.shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
+        drop(listener);
+        tasks.tracker.close();
+        info!(tasks = tasks.tracker.len(), addr = ?local, "hbone server draining");
+        let drain = self.inner.config.drain_timeout;
+        if tokio::time::timeout(drain, tasks.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(tasks = tasks.tracker.len(), after = ?drain, "hbone drain timed out, cutting open tunnels");
+            tasks.abort.cancel();
+            tasks.tracker.wait().await;
+        }
+        info!(addr = ?local, "hbone server stopped");
+    }
+}
+
+impl<H: InboundHandler> ServerInner<H> {
+    async fn serve_connection(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr, tasks: Tasks) {
+        if let Err(error) = tcp.set_nodelay(true) {
+            debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let Some(peer) = self.handshake(tcp, addr, &tasks).await else {
+            self.stats.connection_failed();
+            return;
+        };
+        let (tls, peer) = peer;
+        tracing::Span::current().record("identity", tracing::field::display(&peer.identity));
+        self.stats.connection_opened();
+        debug!(serial = %peer.serial, "hbone connection accepted");
+
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.config.max_concurrent_streams);
+        if let Some(interval) = self.config.keepalive_interval {
+            builder
+                .keep_alive_interval(interval)
+                .keep_alive_timeout(self.config.keepalive_timeout);
+        }
+        let peer = Arc::new(peer);
+        let server = self.clone();
+        let stream_tasks = tasks.clone();
+        let service = service_fn(move |request| {
+            let (server, peer, tasks) = (server.clone(), peer.clone(), stream_tasks.clone());
+            async move { Ok::<_, Infallible>(server.handle(&peer, request, &tasks).await) }
+        });
+        let mut connection = pin!(builder.serve_connection(TokioIo::new(tls), service));
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = tasks.shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = tasks.abort.cancelled() => Ok(()),
+                }
+            }
+        };
+        match result {
+            Ok(()) => debug!("hbone connection closed"),
+            Err(error) => debug!(%error, "hbone connection ended with an error"),
+        }
+        self.stats.connection_closed();
+    }
+
+    /// The TLS handshake and the client's identity; `None` (logged) when either fails.
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        tasks: &Tasks,
+    ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Peer)> {
+        let accept = TlsAcceptor::from(self.tls.clone()).accept(tcp);
+        let tls = tokio::select! {
+            accepted = tokio::time::timeout(self.config.handshake_timeout, accept) => match accepted {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    info!(%error, "hbone tls handshake failed (is the client's root in our trust bundle?)");
+                    return None;
+                }
+                Err(_) => {
+                    info!(after = ?self.config.handshake_timeout, "hbone tls handshake timed out");
+                    return None;
+                }
+            },
+            () = tasks.shutdown.cancelled() => return None,
+        };
+        let session = tls.get_ref().1;
+        if session.alpn_protocol() != Some(ALPN_H2) {
+            info!("hbone client did not negotiate ALPN h2; closing");
+            return None;
+        }
+        let info = match session.peer_certificates().and_then(|certs| certs.first()) {
+            Some(leaf) => cert_info(leaf),
+            // Unreachable with mandatory client authentication; refuse rather than trust.
+            None => Err(crate::tls::TlsError::NoPeerCertificate),
+        };
+        match info {
+            Ok(info) => Some((
+                tls,
+                Peer {
+                    identity: info.id,
+                    serial: info.serial,
+                    addr,
+                },
+            )),
+            Err(error) => {
+                info!(%error, "hbone client certificate has no usable identity");
+                None
+            }
+        }
+    }
+
+    /// Answers one request; a 200 leaves a tunnel task running.
+    async fn handle(
+        &self,
+        peer: &Peer,
+        request: Request<Incoming>,
+        tasks: &Tasks,
+    ) -> Response<Full<Bytes>> {
+        if request.method() != Method::CONNECT {
+            self.stats.stream_failed();
+            debug!(method = %request.method(), "hbone request is not CONNECT");
+            let mut response =
+                refusal(StatusCode::METHOD_NOT_ALLOWED, "hbone only accepts CONNECT");
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("CONNECT"));
+            return response;
+        }
+        let authority = request.uri().authority().map(|a| a.as_str());
+        let Some(target) = authority.and_then(|a| a.parse::<SocketAddr>().ok()) else {
+            self.stats.stream_failed();
+            debug!(?authority, "hbone CONNECT authority is not ip:port");
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "the CONNECT authority must be <ip>:<port>",
+            );
+        };
+        let span = info_span!("hbone_stream", %target);
+        async {
+            if let Err(refusal_) = self.handler.authorize(peer, target).await {
+                self.stats.stream_refused();
+                info!(identity = %peer.identity, reason = %refusal_, "hbone stream denied");
+                return refusal(StatusCode::FORBIDDEN, refusal_.reason());
+            }
+            let after = self.config.target_connect_timeout;
+            let target_stream =
+                match tokio::time::timeout(after, self.handler.connect(peer, target)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        self.stats.stream_failed();
+                        info!(%error, "hbone target unreachable");
+                        return refusal(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &format!("cannot reach {target}: {error}"),
+                        );
+                    }
+                    Err(_) => {
+                        self.stats.stream_failed();
+                        info!(?after, "hbone target connect timed out");
+                        return refusal(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &format!("cannot reach {target}: no answer within {after:?}"),
+                        );
+                    }
+                };
+            self.stats.stream_opened();
+            debug!(identity = %peer.identity, "hbone tunnel open");
+            let upgrade = hyper::upgrade::on(request);
+            let (stats, abort) = (self.stats.clone(), tasks.abort.clone());
+            tasks.tracker.spawn(
+                async move {
+                    let upgraded = match upgrade.await {
+                        Ok(upgraded) => upgraded,
+                        Err(error) => {
+                            debug!(%error, "hbone upgrade failed");
+                            return;
+                        }
+                    };
+                    tunnel(
+                        Counted::new(TokioIo::new(upgraded), stats),
+                        target_stream,
+                        abort,
+                    )
+                    .await;
+                }
+                .in_current_span(),
+            );
+            Response::new(Full::default())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Copies bytes both ways until both directions have ended. When one side finishes sending,
+/// the other side's write half is shut down (`END_STREAM` to the client, TCP `FIN` to the
+/// target) and the opposite direction goes on: half-closed connections work.
+async fn tunnel<C, T>(mut client: C, mut target: T, abort: CancellationToken)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut target) => match copied {
+            Ok((to_target, to_client)) => debug!(to_target, to_client, "hbone tunnel closed"),
+            Err(error) => debug!(%error, "hbone tunnel broken"),
+        },
+        () = abort.cancelled() => debug!("hbone tunnel cut at shutdown"),
+    }
+}
+
+/// A refusal response: the reason in [`REASON_HEADER`] (sanitized to visible ASCII) and in the
+/// body.
+fn refusal(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
+    let printable: String = reason
+        .chars()
+        .take(256)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    let mut response = Response::new(Full::new(Bytes::from(format!("{printable}\n"))));
+    *response.status_mut() = status;
+    if let Ok(value) = HeaderValue::from_str(&printable) {
+        response.headers_mut().insert(REASON_HEADER, value);
+    }
+    response
+}
