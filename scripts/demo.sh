@@ -158,7 +158,18 @@ mapfile -t NEAR < <(pod_field "[print(p['name'], p['ip']) for p in s['pods'].val
 step "pod to pod by IP: demo/client ($CLIENT_NODE) -> every echo pod, one HTTP request each"
 for entry in "${NEAR[@]}" "${FAR[@]}"; do
     read -r name ip <<<"$entry"
-    body=$("${DEV[@]}" exec --name demo client -- switchyard-echo get "http://$ip:8080/hello" 2>>"$WORK/client.log")
+    # "Ready" means the processes run; give a server a moment to listen.
+    for attempt in $(seq 1 50); do
+        if body=$("${DEV[@]}" exec --name demo client -- switchyard-echo get "http://$ip:8080/hello" 2>>"$WORK/client.log"); then
+            break
+        fi
+        if [[ $attempt -eq 50 ]]; then
+            cat "$WORK/client.log" >&2
+            echo "demo: no answer from $name at $ip" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
     python3 -c "import json,sys; b=json.load(sys.stdin); print(f\"  {b['backend']:<14} at $ip answered {b['protocol']}, saw the caller as {b['caller']}\")" <<<"$body"
 done
 
@@ -166,7 +177,10 @@ read -r far_name far_ip <<<"${FAR[0]}"
 step "across nodes: 2 s of HTTP/1.1, HTTP/2 and gRPC at 200 requests/s to $far_name ($far_ip)"
 for proto in "--http http://$far_ip:8080/" "--http http://$far_ip:8080/ --http2" "--grpc $far_ip:9090"; do
     # shellcheck disable=SC2086
-    "${DEV[@]}" exec --name demo client -- switchyard-echo load $proto --rate 200 --duration 2s --connections 4 >"$WORK/load.json" 2>>"$WORK/client.log"
+    if ! "${DEV[@]}" exec --name demo client -- switchyard-echo load $proto --rate 200 --duration 2s --connections 4 >"$WORK/load.json" 2>>"$WORK/client.log"; then
+        cat "$WORK/client.log" >&2
+        exit 1
+    fi
     python3 - "$WORK/load.json" "$proto" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

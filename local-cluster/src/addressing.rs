@@ -95,31 +95,39 @@ pub fn pod_host_range() -> std::ops::RangeInclusive<u8> {
     2..=254
 }
 
-/// Network namespace names (under `/run/netns`).
+/// Network namespace names (under `/run/netns`). The cluster name is followed by `_`, which
+/// neither cluster names nor Kubernetes names may contain, so one cluster's prefix never
+/// matches another's and two pods never share a name.
 pub mod netns {
-    /// The underlay: a bridge joining nodes, the control plane and the host link.
+    /// The underlay: a bridge joining nodes and the control plane.
     pub fn underlay(cluster: &str) -> String {
-        format!("sy-{cluster}-underlay")
+        format!("{}underlay", prefix(cluster))
     }
     /// The control plane's namespace.
     pub fn control_plane(cluster: &str) -> String {
-        format!("sy-{cluster}-cp")
+        format!("{}cp", prefix(cluster))
     }
     /// A node's namespace.
     pub fn node(cluster: &str, node: &str) -> String {
-        format!("sy-{cluster}-{node}")
+        format!("{}{node}", prefix(cluster))
     }
-    /// A pod's namespace.
-    pub fn pod(cluster: &str, namespace: &str, pod: &str) -> String {
-        format!("sy-{cluster}-pod-{namespace}-{pod}")
+    /// A pod's namespace; `uid` tells a pod from an earlier one of the same name that may
+    /// still be being torn down.
+    pub fn pod(cluster: &str, namespace: &str, pod: &str, uid: &str) -> String {
+        format!("{}pod_{namespace}_{pod}_{uid}", prefix(cluster))
     }
     /// Every namespace name of the cluster starts with this.
     pub fn prefix(cluster: &str) -> String {
-        format!("sy-{cluster}-")
+        format!("sy-{cluster}_")
     }
 }
 
-/// The host's veth into the underlay.
+/// The cluster's bpffs folder (pins of the eBPF dataplane).
+pub fn bpffs_dir(cluster: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from("/sys/fs/bpf/switchyard").join(cluster)
+}
+
+/// The host's veth into the control plane's namespace.
 pub fn host_link(cluster: &str) -> String {
     format!("sy-{cluster}")
 }
@@ -187,6 +195,12 @@ mod tests {
         assert!(host_link("t-12345678ab").len() <= 15);
         assert!(pod_veth("default", "a-very-long-pod-name-indeed", "u1").len() <= 15);
         assert_ne!(pod_veth("a", "b", "1"), pod_veth("a", "b", "2"));
+        // No cluster's prefix is a prefix of another's; no two pods share a namespace.
+        assert!(!netns::underlay("dev-2").starts_with(&netns::prefix("dev")));
+        assert_ne!(
+            netns::pod("c", "a-b", "c", "1"),
+            netns::pod("c", "a", "b-c", "1")
+        );
         assert!(check_nodes(0).is_err());
         assert!(check_nodes(2).is_ok());
         assert!(check_nodes(MAX_NODES + 1).is_err());

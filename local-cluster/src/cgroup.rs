@@ -85,16 +85,19 @@ pub fn kill_all(dir: &Path, timeout: Duration) -> Result<(), ClusterError> {
     if !dir.exists() {
         return Ok(());
     }
-    if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
-        for pid in pids_below(dir) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
+    let has_kill = std::fs::write(dir.join("cgroup.kill"), "1").is_ok();
     let deadline = Instant::now() + timeout;
     while populated(dir) {
+        if !has_kill {
+            // Without cgroup.kill, signal what is there on every round: a process may have
+            // forked since the last one.
+            for pid in pids_below(dir) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
         if Instant::now() > deadline {
             return Err(ClusterError::StillPopulated {
                 cgroup: dir.to_path_buf(),

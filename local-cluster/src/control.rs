@@ -52,9 +52,13 @@ pub fn send(state_dir: &Path, request: &Request, timeout: Duration) -> Result<()
         let what = format!("{what} {}", path.display());
         move |source| ClusterError::Io { what, source }
     };
-    let mut stream = UnixStream::connect(&path).map_err(io(
-        "connecting to the supervisor at (is the cluster up? `yardctl dev status`)",
-    ))?;
+    let mut stream = UnixStream::connect(&path).map_err(|source| ClusterError::Io {
+        what: format!(
+            "connecting to the supervisor at {} (is the cluster up? `yardctl dev status`)",
+            path.display()
+        ),
+        source,
+    })?;
     stream
         .set_read_timeout(Some(timeout))
         .map_err(io("setting a timeout on"))?;

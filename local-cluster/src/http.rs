@@ -1,5 +1,6 @@
-//! One HTTP/1.1 GET, for the control plane's `/readyz` (hyper's client connection; the
-//! supervisor needs nothing more).
+//! One HTTP/1.1 request without a body, over hyper's client connection: what the supervisor
+//! needs for the control plane's `/readyz` and `/debug/mode`, and what `yardctl` and the
+//! suites use to talk to admin APIs.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,6 +10,17 @@ use hyper::body::Bytes;
 
 /// GETs `path` from `addr`; returns the status code and body, or why there is none.
 pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    request(addr, "GET", path, timeout).await
+}
+
+/// Sends `method path` to `addr` (connecting included, all within `timeout`); returns the
+/// status code and body, or why there is none.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -23,6 +35,7 @@ pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16
             }
         });
         let req = hyper::Request::builder()
+            .method(method)
             .uri(path)
             .header(hyper::header::HOST, addr.to_string())
             .body(Empty::<Bytes>::new())

@@ -119,16 +119,17 @@ pub fn in_netns<T: Send + 'static>(
     })
 }
 
-/// Turns IPv4 forwarding on in namespace `name` (a node routes for its pods).
-pub fn enable_forwarding(name: &str) -> Result<(), ClusterError> {
+/// Turns IPv4 forwarding on or off in namespace `name` (a node routes for its pods; nothing
+/// else of the cluster may).
+pub fn set_forwarding(name: &str, on: bool) -> Result<(), ClusterError> {
     let owned = name.to_string();
     in_netns(name, move || {
         std::fs::OpenOptions::new()
             .write(true)
             .open("/proc/sys/net/ipv4/ip_forward")
-            .and_then(|mut f| f.write_all(b"1"))
+            .and_then(|mut f| f.write_all(if on { b"1" } else { b"0" }))
             .map_err(|source| ClusterError::Io {
-                what: format!("enabling IPv4 forwarding in {owned}"),
+                what: format!("setting IPv4 forwarding to {on} in {owned}"),
                 source,
             })
     })?

@@ -167,9 +167,40 @@ pub enum ClusterError {
         /// The range.
         what: String,
     },
+    /// The state folder belongs to another cluster.
+    #[error(
+        "{state} is the state of cluster {found:?}, not {name:?}; check --name and --state-dir"
+    )]
+    StateMismatch {
+        /// The name asked for.
+        name: String,
+        /// The name in the state file.
+        found: String,
+        /// The state file.
+        state: PathBuf,
+    },
+    /// `down` could not remove everything.
+    #[error("down left things behind (run it again, or remove them by hand):\n  {}", .problems.join("\n  "))]
+    Incomplete {
+        /// What failed.
+        problems: Vec<String>,
+    },
     /// The supervisor answered with an error or not at all.
     #[error("supervisor: {0}")]
     Supervisor(String),
+}
+
+/// Whether `pid` is the live supervisor of cluster `name` (its command line is `... dev
+/// supervise ... --name <name> ...`), and not a process that reused its pid.
+pub fn is_supervisor(pid: u32, name: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+        let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+        args.windows(2)
+            .any(|w| w == [b"dev".as_slice(), b"supervise".as_slice()])
+            && args
+                .windows(2)
+                .any(|w| w == [b"--name".as_slice(), name.as_bytes()])
+    })
 }
 
 /// Whether this process runs as root.

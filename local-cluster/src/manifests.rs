@@ -396,12 +396,7 @@ fn namespace_and_name(
         .clone()
         .filter(|n| !n.is_empty())
         .ok_or("metadata.name: missing")?;
-    let valid = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    };
+    let valid = is_dns_label;
     if !valid(&name) {
         return Err(format!(
             "metadata.name: {name:?} must be 1 to 63 characters of a-z, 0-9 and '-'"
@@ -417,6 +412,15 @@ fn namespace_and_name(
         ));
     }
     Ok((namespace, name))
+}
+
+/// A Kubernetes DNS label: 1 to 63 characters of `a-z`, `0-9` and `-`. Names become file,
+/// namespace and cgroup names, so nothing else (no `/`, no `.`) may pass.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn template(
@@ -446,6 +450,12 @@ fn template(
         .enumerate()
         .map(|(i, c)| {
             let at = format!("{at}.containers[{i}]");
+            if !is_dns_label(&c.name) {
+                return Err(format!(
+                    "{at}.name: {:?} must be 1 to 63 characters of a-z, 0-9 and '-'",
+                    c.name
+                ));
+            }
             if !names.insert(c.name.clone()) {
                 return Err(format!("{at}.name: {:?} is used twice", c.name));
             }
@@ -635,6 +645,9 @@ spec:
             e[0].to_string().split(':').next(),
             Some("m.yaml (document 1)")
         );
+        let path = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: ../../etc/x, command: [a]}]}\n";
+        let e = read(path).unwrap_err();
+        assert!(e[0].message.contains("spec.containers[0].name"), "{e:?}");
         let field = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    command: [a]\n    env: [{name: X, valueFrom: {fieldRef: {fieldPath: metadata.uid}}}]\n";
         let e = read(field).unwrap_err();
         assert!(e[0].message.contains("only fieldRef"), "{e:?}");

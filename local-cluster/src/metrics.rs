@@ -5,37 +5,34 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::ClusterError;
 use crate::state::ClusterState;
 
-/// Gauges read from the state each time it is written.
+/// Gauges read from the state each time it is written, and a restart counter.
 #[derive(Debug, Default, Clone)]
 pub struct SupervisorMetrics {
     pods: Gauge,
     ready_pods: Gauge,
-    restarts: Gauge<u64, AtomicU64>,
+    restarts: Counter<u64, AtomicU64>,
     manifest_problems: Gauge,
 }
 
 impl SupervisorMetrics {
+    /// Counts one restart of a supervised process.
+    pub fn restarted(&self) {
+        self.restarts.inc();
+    }
+
     /// Updates every gauge from `state`.
     pub fn observe(&self, state: &ClusterState) {
         let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.pods.set(count(state.pods.len()));
         self.ready_pods
             .set(count(state.pods.values().filter(|p| p.ready()).count()));
-        let restarts: u64 = state
-            .pods
-            .values()
-            .flat_map(|p| p.containers.values())
-            .chain(state.nodes.iter().flat_map(|n| n.processes.values()))
-            .chain(std::iter::once(&state.control_plane.process))
-            .map(|p| u64::from(p.restarts))
-            .sum();
-        self.restarts.set(restarts);
         self.manifest_problems
             .set(count(state.manifest_problems.len()));
     }
@@ -54,7 +51,7 @@ impl SupervisorMetrics {
         );
         r.register(
             "switchyard_localcluster_process_restarts",
-            "restarts of supervised processes (control plane, node agents, containers) so far",
+            "restarts of supervised processes (control plane, node agents, containers)",
             self.restarts.clone(),
         );
         r.register(

@@ -224,7 +224,7 @@ mod tests {
                     ..Default::default()
                 },
             )]),
-            created_unix: 0,
+            created_unix_ms: 0,
         }
     }
 

@@ -143,8 +143,8 @@ pub struct PodState {
     pub service_account: String,
     /// Containers (and any dataplane process next to them), by name.
     pub containers: BTreeMap<String, ProcessState>,
-    /// Unix time of creation, seconds.
-    pub created_unix: u64,
+    /// Unix time of creation, milliseconds (scaling down removes the newest first).
+    pub created_unix_ms: u64,
 }
 
 impl PodState {
@@ -153,9 +153,9 @@ impl PodState {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// Whether every container runs.
+    /// Whether it has containers and every one runs.
     pub fn ready(&self) -> bool {
-        self.containers.values().all(|c| c.pid.is_some())
+        !self.containers.is_empty() && self.containers.values().all(|c| c.pid.is_some())
     }
 }
 
@@ -179,6 +179,25 @@ impl ClusterState {
                 what: format!("writing {}", path.display()),
                 source,
             })
+    }
+
+    /// Writes the state file for the first time; fails when one exists already (another
+    /// `up` of the same cluster got there first).
+    pub fn save_new(&self) -> Result<(), ClusterError> {
+        let path = self.path();
+        match std::fs::File::create_new(&path) {
+            Ok(_) => self.save(),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(ClusterError::Leftovers {
+                    name: self.name.clone(),
+                    state: path,
+                })
+            }
+            Err(source) => Err(ClusterError::Io {
+                what: format!("creating {}", path.display()),
+                source,
+            }),
+        }
     }
 
     /// Reads the state of the cluster whose folder is `state_dir`; `None` when there is none.

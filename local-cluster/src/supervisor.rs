@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -134,6 +134,13 @@ enum Event {
     },
     Restart(ProcessKey),
     Control(Request, oneshot::Sender<Reply>),
+    /// A deleted pod's processes, cgroup and namespace are gone (or could not all be
+    /// removed: `down` will).
+    TornDown {
+        pod: String,
+        netns: String,
+        error: Option<String>,
+    },
 }
 
 /// Reports each step of `up` (one line per step); silent once the cluster is ready.
@@ -150,25 +157,26 @@ pub fn preflight(opts: &UpOptions) -> Result<Manifests, ClusterError> {
     addressing::check_nodes(opts.nodes)?;
     cgroup::cgroup2_mount()?;
     if let Some(old) = ClusterState::load(&opts.state_dir)? {
-        return Err(match old.supervisor_pid.filter(|pid| alive(*pid)) {
-            Some(pid) => ClusterError::AlreadyUp {
-                name: opts.name.clone(),
-                pid,
+        return Err(
+            match old
+                .supervisor_pid
+                .filter(|pid| crate::is_supervisor(*pid, &opts.name))
+            {
+                Some(pid) => ClusterError::AlreadyUp {
+                    name: opts.name.clone(),
+                    pid,
+                },
+                None => ClusterError::Leftovers {
+                    name: opts.name.clone(),
+                    state: old.path(),
+                },
             },
-            None => ClusterError::Leftovers {
-                name: opts.name.clone(),
-                state: old.path(),
-            },
-        });
+        );
     }
     topology::check_host_ranges()?;
     manifests::load(&opts.manifests).map_err(|problems| ClusterError::Manifests {
         problems: problems.iter().map(ToString::to_string).collect(),
     })
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// Brings the cluster up, then supervises it until the process is killed (`down` kills it).
@@ -246,7 +254,7 @@ impl Supervisor {
             netns,
             host_link: addressing::host_link(&opts.name),
             cgroup: cgroup::cluster_dir(&mount, &opts.name),
-            bpffs: PathBuf::from("/sys/fs/bpf/switchyard").join(&opts.name),
+            bpffs: addressing::bpffs_dir(&opts.name),
             nodes,
             control_plane: ControlPlaneState {
                 ip: CONTROL_PLANE_IP,
@@ -308,8 +316,9 @@ impl Supervisor {
                 source,
             })?;
         }
-        // Recorded before anything exists, so `down` finds it all whatever happens next.
-        self.persist()?;
+        // Recorded before anything exists, so `down` finds it all whatever happens next. The
+        // first write fails when a state file exists: two `up` of one name cannot both pass.
+        self.state.save_new()?;
         let own = self.state.cgroup.join("supervisor");
         cgroup::create(&own)?;
         cgroup::join(&own, std::process::id())?;
@@ -396,9 +405,15 @@ impl Supervisor {
                         others.push(e);
                     }
                 }
-                self.reload()?;
+                // Each queued event is handled even when the reload (or another event) fails:
+                // a lost `Exited` would leave a dead container counted as running.
+                if let Err(e) = self.reload() {
+                    tracing::error!(error = %e, "reading the manifests failed; the cluster keeps running");
+                }
                 for e in others {
-                    Box::pin(self.handle(e, rx)).await?;
+                    if let Err(e) = Box::pin(self.handle(e, rx)).await {
+                        tracing::error!(error = %e, "supervisor step failed; the cluster keeps running");
+                    }
                 }
             }
             Event::Exited {
@@ -408,6 +423,15 @@ impl Supervisor {
                 success,
             } => self.exited(key, pid, status, success)?,
             Event::Restart(key) => self.restart(key)?,
+            Event::TornDown { pod, netns, error } => match error {
+                None => {
+                    self.state.netns.remove(&netns);
+                    self.persist()?;
+                }
+                Some(e) => {
+                    tracing::error!(%pod, %netns, error = %e, "tearing the pod down failed; `down` removes what is left");
+                }
+            },
             Event::Control(request, reply) => {
                 let answer = match self.control(request) {
                     Ok(()) => Reply::Ok,
@@ -523,7 +547,7 @@ impl Supervisor {
                 .values()
                 .filter(|p| p.namespace == d.namespace && p.owner.as_deref() == Some(&d.name))
                 .collect();
-            owned.sort_by_key(|p| (p.created_unix, p.name.clone()));
+            owned.sort_by_key(|p| (p.created_unix_ms, p.name.clone()));
             let have = owned.len();
             let want = d.replicas as usize;
             if have > want {
@@ -602,34 +626,52 @@ impl Supervisor {
             uid: uid.clone(),
             node: node.name.clone(),
             ip,
-            netns: addressing::netns::pod(&self.opts.name, namespace, name),
+            netns: addressing::netns::pod(&self.opts.name, namespace, name, &uid),
             veth: addressing::pod_veth(namespace, name, &uid),
             cgroup: self
                 .state
                 .cgroup
                 .join("pods")
-                .join(format!("{namespace}_{name}")),
+                .join(format!("{namespace}_{name}_{uid}")),
             owner,
             labels: template.labels.clone(),
             service_account: template.service_account.clone(),
             containers: BTreeMap::new(),
-            created_unix: SystemTime::now()
+            created_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or(0),
         };
         self.state.netns.insert(pod.netns.clone());
         self.state.pods.insert(key.clone(), pod.clone());
         self.templates.insert(key.clone(), template.clone());
         self.persist()?;
+        if let Err(e) = self.start_pod(&pod, &node, &template) {
+            // Undo: out of the model and torn down, so the next converge makes it afresh.
+            tracing::error!(pod = %key, error = %e, "pod could not be started; removing it");
+            self.delete_pod(&key)?;
+            return Err(e);
+        }
+        self.step(&format!("pod {key} on {} {ip}", node.name));
+        Ok(())
+    }
 
-        topology::create_pod_network(&pod, &node)?;
+    /// Makes a recorded pod's network and cgroup and starts its processes.
+    fn start_pod(
+        &mut self,
+        pod: &PodState,
+        node: &NodeState,
+        template: &PodTemplate,
+    ) -> Result<(), ClusterError> {
+        let key = pod.key();
+        let (namespace, name) = (pod.namespace.as_str(), pod.name.as_str());
+        topology::create_pod_network(pod, node)?;
         cgroup::create(&pod.cgroup)?;
         let owner_key = Owner::Pod {
             key: key.clone(),
-            uid,
+            uid: pod.uid.clone(),
         };
-        let base_env = pod_env(&pod, &node, self.path_env());
+        let base_env = pod_env(pod, node, self.path_env());
         let mut processes: Vec<(ProcessSpec, RestartPolicy)> = template
             .containers
             .iter()
@@ -638,7 +680,7 @@ impl Supervisor {
                 env.extend(c.env.iter().map(|(k, v)| {
                     let value = match v {
                         EnvSource::Value(v) => v.clone(),
-                        EnvSource::Field(f) => field(&pod, &node, f),
+                        EnvSource::Field(f) => field(pod, node, f),
                     };
                     (k.clone(), value)
                 }));
@@ -650,7 +692,11 @@ impl Supervisor {
                 (spec, template.restart_policy)
             })
             .collect();
-        processes.extend(self.hooks.pod_processes(&pod).into_iter().map(|mut s| {
+        let extra = self.hooks.pod_processes(pod);
+        for p in &extra {
+            check_process_name(&p.name)?;
+        }
+        processes.extend(extra.into_iter().map(|mut s| {
             let mut env = base_env.clone();
             env.append(&mut s.env);
             s.env = env;
@@ -694,9 +740,7 @@ impl Supervisor {
                 p.containers.insert(container, process);
             }
         }
-        self.persist()?;
-        self.step(&format!("pod {key} on {} {ip}", node.name));
-        Ok(())
+        self.persist()
     }
 
     /// Takes a pod out of the model first, then stops its processes (SIGTERM, SIGKILL after
@@ -712,11 +756,20 @@ impl Supervisor {
         self.write_cluster_objects()?;
         self.persist()?;
         tracing::info!(pod = %key, ip = %pod.ip, "pod deleted: out of the model; stopping its processes");
-        terminate(&pod.cgroup, TERMINATION_GRACE)?;
-        cgroup::remove_tree(&pod.cgroup)?;
-        topology::delete_pod_network(&pod)?;
-        self.state.netns.remove(&pod.netns);
-        self.persist()
+        let events = self.events.clone();
+        let key = key.to_string();
+        tokio::spawn(async move {
+            let netns = pod.netns.clone();
+            let error = teardown(pod).await.err().map(|e| e.to_string());
+            let _ = events
+                .send(Event::TornDown {
+                    pod: key,
+                    netns,
+                    error,
+                })
+                .await;
+        });
+        Ok(())
     }
 
     fn start_control_plane(&mut self) -> Result<(), ClusterError> {
@@ -825,6 +878,7 @@ impl Supervisor {
         node: &NodeState,
         spec: ProcessSpec,
     ) -> Result<(), ClusterError> {
+        check_process_name(&spec.name)?;
         let mut env = vec![
             ("PATH".to_string(), self.path_env()),
             ("NODE_NAME".to_string(), node.name.clone()),
@@ -1013,6 +1067,7 @@ impl Supervisor {
             p.pid = Some(pid);
             p.restarts += 1;
         }
+        self.metrics.restarted();
         tracing::info!(process = %key.name, owner = ?key.owner, pid, "process restarted");
         self.write_cluster_objects()?;
         self.persist()
@@ -1171,19 +1226,40 @@ impl Supervisor {
     }
 }
 
-/// SIGTERM to every process of a cgroup, SIGKILL to what is left after `grace`.
-fn terminate(dir: &Path, grace: Duration) -> Result<(), ClusterError> {
-    for pid in cgroup::pids_below(dir) {
+/// Stops a deleted pod: SIGTERM to its processes, SIGKILL to what is left after
+/// [`TERMINATION_GRACE`], then its cgroup and namespace go. Runs beside the supervisor's
+/// event loop, so a slow pod does not hold up the others.
+async fn teardown(pod: PodState) -> Result<(), ClusterError> {
+    for pid in cgroup::pids_below(&pod.cgroup) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGTERM,
         );
     }
-    let deadline = Instant::now() + grace;
-    while cgroup::populated(dir) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
+    let deadline = Instant::now() + TERMINATION_GRACE;
+    while cgroup::populated(&pod.cgroup) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    cgroup::kill_all(dir, Duration::from_secs(5))
+    tokio::task::spawn_blocking(move || {
+        cgroup::kill_all(&pod.cgroup, Duration::from_secs(5))?;
+        cgroup::remove_tree(&pod.cgroup)?;
+        topology::delete_pod_network(&pod)
+    })
+    .await
+    .map_err(|_| ClusterError::Thread {
+        what: "tearing a pod down".into(),
+    })?
+}
+
+/// A dataplane hook's process name becomes a cgroup and a log file name: a DNS label only.
+fn check_process_name(name: &str) -> Result<(), ClusterError> {
+    if manifests::is_dns_label(name) {
+        Ok(())
+    } else {
+        Err(ClusterError::Supervisor(format!(
+            "dataplane process name {name:?} must be 1 to 63 characters of a-z, 0-9 and '-'"
+        )))
+    }
 }
 
 /// `namespace/name` of a Service document.

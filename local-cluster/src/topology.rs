@@ -18,7 +18,7 @@ use crate::state::{NodeState, PodState};
 pub const BRIDGE: &str = "br0";
 /// The underlay-side veth of the control plane.
 const CP_PORT: &str = "cp";
-/// The underlay-side veth of the host link.
+/// The control-plane-side veth of the host link.
 const HOST_PORT: &str = "host";
 
 /// Creates the underlay namespace and its bridge.
@@ -70,7 +70,10 @@ pub fn create_control_plane(cluster: &str, nodes: &[NodeState]) -> Result<(), Cl
             .iter()
             .map(|n| format!("route add {} via {}", n.pod_cidr, n.ip)),
     );
-    batch_in(&ns, &lines)
+    batch_in(&ns, &lines)?;
+    // A new namespace copies the host's IPv4 settings: where the host forwards (Docker, CI
+    // runners), so would the control plane, between the host link and the underlay.
+    ip::set_forwarding(&ns, false)
 }
 
 /// Creates a node's namespace: its underlay address, its pod bridge (the pods' gateway),
@@ -95,22 +98,23 @@ pub fn create_node(cluster: &str, node: &NodeState, all: &[NodeState]) -> Result
             .map(|other| format!("route add {} via {}", other.pod_cidr, other.ip)),
     );
     batch_in(&node.netns, &lines)?;
-    ip::enable_forwarding(&node.netns)
+    ip::set_forwarding(&node.netns, true)
 }
 
-/// Creates the host's veth into the underlay: a /32 on the host side and one route, to the
-/// control plane only.
+/// Creates the host's veth, point to point into the control plane's namespace (not onto the
+/// underlay bridge, so no node or pod can reach the host): a /32 on the host side and one
+/// route each way.
 pub fn create_host_link(cluster: &str) -> Result<(), ClusterError> {
     let link = addressing::host_link(cluster);
-    let underlay = addressing::netns::underlay(cluster);
+    let cp = addressing::netns::control_plane(cluster);
     ip::ip(&[
-        "link", "add", &link, "type", "veth", "peer", "name", HOST_PORT, "netns", &underlay,
+        "link", "add", &link, "type", "veth", "peer", "name", HOST_PORT, "netns", &cp,
     ])?;
     batch_in(
-        &underlay,
+        &cp,
         &[
-            format!("link set {HOST_PORT} master {BRIDGE}"),
             format!("link set {HOST_PORT} up"),
+            format!("route add {HOST_IP}/32 dev {HOST_PORT}"),
         ],
     )?;
     ip::ip(&["addr", "add", &format!("{HOST_IP}/32"), "dev", &link])?;
@@ -156,7 +160,8 @@ pub fn create_pod_network(pod: &PodState, node: &NodeState) -> Result<(), Cluste
             .iter()
             .map(|(_, range)| format!("route add {range} via {gateway}")),
     );
-    batch_in(&pod.netns, &lines)
+    batch_in(&pod.netns, &lines)?;
+    ip::set_forwarding(&pod.netns, false)
 }
 
 /// Removes a pod's namespace; its veth pair goes with it.

@@ -131,25 +131,11 @@ impl ControlPlane {
     }
 }
 
-/// Minimal HTTP/1.1 request to a loopback server.
+/// One HTTP/1.1 request (no body) to a server of the suite, within [`STEP`].
 pub async fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    use http_body_util::{BodyExt, Empty};
-    use hyper::body::Bytes;
-    let stream = tokio::net::TcpStream::connect(addr)
+    switchyard_local_cluster::http::request(addr, method, path, STEP)
         .await
-        .with_context(|| format!("connecting {addr}"))?;
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string())
-        .body(Empty::<Bytes>::new())?;
-    let resp = tokio::time::timeout(STEP, sender.send_request(req)).await??;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        .map_err(|e| anyhow::anyhow!("{method} http://{addr}{path}: {e}"))
 }
 
 /// A running `switchyard-sidecar sds-agent` for one workload, killed on drop.

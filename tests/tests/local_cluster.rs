@@ -275,10 +275,12 @@ fn two_nodes_three_pods_each_talk_across_nodes_and_nothing_routes_outside() {
             .clone();
         for (from, to) in [(&client, &far), (&far, &client)] {
             let url = format!("http://{}:8080/hello", to.ip);
-            let run = c
-                .exec(&from.name, &["switchyard-echo", "get", &url])
-                .await
-                .ok();
+            // Ready means the processes run; the server may need a moment to listen.
+            let run = eventually(Duration::from_secs(5), "an answer", || async {
+                let run = c.exec(&from.name, &["switchyard-echo", "get", &url]).await;
+                (run.code == Some(0)).then_some(run)
+            })
+            .await;
             let body = run.json();
             assert_eq!(body["backend"], to.name.as_str(), "{body}");
             let caller = body["caller"].as_str().unwrap();
@@ -348,16 +350,32 @@ fn two_nodes_three_pods_each_talk_across_nodes_and_nothing_routes_outside() {
                 );
             }
         }
-        // The host reaches the control plane and nothing else of the cluster.
+        // The host reaches the control plane and nothing else of the cluster: its only route
+        // into the cluster is a /32 to the control plane over its own link.
         assert!(matches!(admin("/readyz").await, Ok((200, _))));
-        let r = TcpStream::connect_timeout(
-            &SocketAddr::from((client.ip, 8080)),
-            Duration::from_secs(3),
-        );
+        let routes: Value =
+            serde_json::from_str(&ip::ip_output(&["-j", "-4", "route", "show"]).unwrap()).unwrap();
+        let routes: Vec<(String, String)> = routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["dst"].as_str().unwrap().to_string(),
+                    r["dev"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
         assert_eq!(
-            r.expect_err("the host has no route to pods").kind(),
-            std::io::ErrorKind::NetworkUnreachable
+            routes,
+            [("10.255.0.2".to_string(), addressing::host_link(&c.name))],
+            "the host's routes"
         );
+        // ... and no pod or node can reach the host.
+        for ns in [&client.netns, &state.nodes[0].netns] {
+            let (r, _) = connect_from(ns, SocketAddr::from((addressing::HOST_IP, 9)));
+            assert!(r.is_err(), "{ns} reached the host");
+        }
 
         // Status names every pod with its node, IP and the control plane's mode for it.
         let status = c.yardctl("status", &["-o", "json"]).await.ok().json();
@@ -409,11 +427,14 @@ fn the_model_follows_deletes_restarts_scaling_and_keeps_the_last_good_manifests(
             "local cluster: deleted pod out of the model and endpoints {} ms after delete-pod",
             started.elapsed().as_millis()
         );
-        assert!(
-            !ip::netns_path(&victim.netns).exists(),
-            "its namespace is gone"
-        );
-        assert!(!victim.cgroup.exists(), "its cgroup is gone");
+        eventually(
+            Duration::from_secs(5),
+            "its namespace and cgroup gone",
+            || async {
+                (!ip::netns_path(&victim.netns).exists() && !victim.cgroup.exists()).then_some(())
+            },
+        )
+        .await;
         let after_delete = eventually(Duration::from_secs(5), "a replacement endpoint", || async {
             let eps = c.echo_endpoints().await;
             (eps.len() == 2 && !eps.contains(&victim.ip)).then_some(eps)
@@ -442,7 +463,7 @@ fn the_model_follows_deletes_restarts_scaling_and_keeps_the_last_good_manifests(
                 .last_exit
                 .as_deref()
                 .unwrap()
-                .contains("9")
+                .contains("signal: 9")
         );
         let metrics = c
             .state()
@@ -454,7 +475,7 @@ fn the_model_follows_deletes_restarts_scaling_and_keeps_the_last_good_manifests(
         assert_eq!(code, 200);
         let restarts = text
             .lines()
-            .find_map(|l| l.strip_prefix("switchyard_localcluster_process_restarts "))
+            .find_map(|l| l.strip_prefix("switchyard_localcluster_process_restarts_total "))
             .and_then(|v| v.trim().parse::<u64>().ok());
         assert!(restarts.is_some_and(|r| r >= 1), "{text}");
         let url = format!("http://{}:8080/", pod.ip);
@@ -506,6 +527,20 @@ fn the_model_follows_deletes_restarts_scaling_and_keeps_the_last_good_manifests(
         })
         .await;
         assert_eq!(c.pods_of("echo").len(), 4);
+
+        // Scale 4 -> 1: the three newest go, endpoints follow.
+        c.write("app.yaml", &deployment(1));
+        let one = eventually(Duration::from_secs(5), "one echo endpoint", || async {
+            let eps = c.echo_endpoints().await;
+            (eps.len() == 1).then_some(eps)
+        })
+        .await;
+        let left: BTreeSet<Ipv4Addr> = c.pods_of("echo").iter().map(|p| p.ip).collect();
+        assert_eq!(left, one);
+        assert!(
+            one.is_subset(&after_delete),
+            "the oldest pod stays: {one:?}"
+        );
     });
 }
 

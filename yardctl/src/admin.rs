@@ -3,52 +3,24 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
 
 /// Longest wait for one admin request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One HTTP/1.1 request to the admin API; returns status and body.
 pub async fn http(admin: &str, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let unreachable = |reason: String| {
-        anyhow::anyhow!(
-            "cannot reach the admin API at {admin}: {reason} (is the control plane running, and is this its admin address, port 15014 by default?)"
-        )
-    };
-    let stream =
-        match tokio::time::timeout(REQUEST_TIMEOUT, tokio::net::TcpStream::connect(admin)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(unreachable(e.to_string())),
-            Err(_) => {
-                return Err(unreachable(format!(
-                    "no connection within {REQUEST_TIMEOUT:?}"
-                )));
-            }
-        };
-    let exchange = async {
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection ended");
-            }
-        });
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, admin)
-            .body(Empty::<Bytes>::new())?;
-        let resp = sender.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+    let addr = tokio::net::lookup_host(admin)
         .await
-        .map_err(|_| anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}"))
-        .and_then(|r| r)
-        .with_context(|| format!("{method} http://{admin}{path}"))
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| format!("the admin address {admin} is not host:port"))?;
+    switchyard_local_cluster::http::request(addr, method, path, REQUEST_TIMEOUT)
+        .await
+        .map_err(|reason| {
+            anyhow::anyhow!(
+                "cannot reach the admin API at {admin} ({method} {path}): {reason} (is the control plane running, and is this its admin address, port 15014 by default?)"
+            )
+        })
 }
 
 /// GET `path`; anything but 200 is an error carrying the server's answer.

@@ -237,6 +237,14 @@ pub fn up(args: UpArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let opts = options(&args)?;
     // The same checks the supervisor makes, here so that their errors come straight back.
     supervisor::preflight(&opts)?;
+    let logs = opts.state_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    // Panics and anything else the supervisor prints before its log is set up land here too.
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join("supervisor.log"))
+        .context("opening the supervisor log")?;
     let mut child = std::process::Command::new(&opts.launcher)
         .args(["dev", "supervise", "--name", &opts.name, "--nodes"])
         .arg(opts.nodes.to_string())
@@ -249,7 +257,7 @@ pub fn up(args: UpArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         .arg(opts.metrics_address.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(stderr))
         // Its own process group: a Ctrl-C on `up` does not take the cluster down.
         .process_group(0)
         .spawn()
@@ -274,19 +282,36 @@ pub fn up(args: UpArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
             )?;
             return Ok(ExitCode::SUCCESS);
         } else if let Some(error) = line.strip_prefix(FAILED) {
-            anyhow::bail!(
-                "{error}\n(what was created stays until `yardctl dev down --name {}`; logs in {})",
-                opts.name,
-                opts.state_dir.join("logs").display()
-            );
+            let _ = child.wait();
+            return Err(failed_up(&opts, error));
         }
     }
     let status = child.wait().context("waiting for the supervisor")?;
-    anyhow::bail!(
-        "the supervisor ended before the cluster was ready ({status}); logs in {}; `yardctl dev down --name {}` removes what it created",
-        opts.state_dir.join("logs").display(),
-        opts.name
-    )
+    Err(failed_up(
+        &opts,
+        &format!("the supervisor ended before the cluster was ready ({status})"),
+    ))
+}
+
+/// A failed `up` takes down what it made; the error carries the end of the logs, which go
+/// with it.
+fn failed_up(opts: &UpOptions, error: &str) -> anyhow::Error {
+    let logs = opts.state_dir.join("logs");
+    let mut tails = String::new();
+    for file in ["supervisor.log", "control-plane.log"] {
+        if let Ok(text) = std::fs::read_to_string(logs.join(file)) {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            if !tail.is_empty() {
+                tails.push_str(&format!("\n--- last lines of {file}:\n{}", tail.join("\n")));
+            }
+        }
+    }
+    let cleanup = match switchyard_local_cluster::down(&opts.name, &opts.state_dir) {
+        Ok(_) => "everything it made was removed".to_string(),
+        Err(e) => format!("cleaning up failed too: {e}"),
+    };
+    anyhow::anyhow!("{error}\n({cleanup}){tails}")
 }
 
 fn options(args: &UpArgs) -> anyhow::Result<UpOptions> {
@@ -353,7 +378,10 @@ pub fn supervise(args: UpArgs) -> ExitCode {
             let _ = writeln!(stdout, "{prefix}{line}");
             let _ = stdout.flush();
         });
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // Two workers: child reaping, the control socket and /metrics keep going while the
+        // event loop runs `ip` commands.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()
             .context("starting the async runtime")?;
@@ -450,6 +478,9 @@ pub async fn status(args: StatusArgs, out: &mut impl Write) -> anyhow::Result<Ex
     let admin = format!("{}:{ADMIN_PORT}", state.control_plane.ip);
     let alive =
         |pid: Option<u32>| pid.is_some_and(|p| Path::new("/proc").join(p.to_string()).exists());
+    let supervisor_running = state
+        .supervisor_pid
+        .is_some_and(|p| switchyard_local_cluster::is_supervisor(p, &state.name));
     let mut modes = Vec::new();
     for pod in state.pods.values() {
         let path = format!("/debug/mode?namespace={}&pod={}", pod.namespace, pod.name);
@@ -468,11 +499,11 @@ pub async fn status(args: StatusArgs, out: &mut impl Write) -> anyhow::Result<Ex
             for (pod, mode) in state.pods.values().zip(&modes) {
                 v["pods"][pod.key()]["mode"] = json!(mode);
             }
-            v["supervisor_running"] = Value::Bool(alive(state.supervisor_pid));
+            v["supervisor_running"] = Value::Bool(supervisor_running);
             writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         }
         StatusFormat::Table => {
-            let sup = if alive(state.supervisor_pid) {
+            let sup = if supervisor_running {
                 "running"
             } else {
                 "NOT RUNNING (run `yardctl dev down`)"
