@@ -96,6 +96,8 @@ pub struct PodTemplate {
     pub labels: BTreeMap<String, String>,
     /// Service account (`default` when unset).
     pub service_account: String,
+    /// Init containers: run one after the other, each to success, before the containers.
+    pub init_containers: Vec<ContainerSpec>,
     /// Containers.
     pub containers: Vec<ContainerSpec>,
     /// Restart policy.
@@ -444,84 +446,18 @@ fn template(
         ));
     }
     let mut names = BTreeSet::new();
+    let init_containers = spec
+        .init_containers
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| container(c, &format!("{at}.initContainers[{i}]"), &mut names))
+        .collect::<Result<Vec<_>, String>>()?;
     let containers = spec
         .containers
         .into_iter()
         .enumerate()
-        .map(|(i, c)| {
-            let at = format!("{at}.containers[{i}]");
-            if !is_dns_label(&c.name) {
-                return Err(format!(
-                    "{at}.name: {:?} must be 1 to 63 characters of a-z, 0-9 and '-'",
-                    c.name
-                ));
-            }
-            if !names.insert(c.name.clone()) {
-                return Err(format!("{at}.name: {:?} is used twice", c.name));
-            }
-            let argv: Vec<String> = c
-                .command
-                .unwrap_or_default()
-                .into_iter()
-                .chain(c.args.unwrap_or_default())
-                .collect();
-            if argv.is_empty() {
-                return Err(format!(
-                    "{at}.command: missing; the local cluster runs commands, not images \
-                     (give the container a command, e.g. [switchyard-echo, serve])"
-                ));
-            }
-            let env = c
-                .env
-                .unwrap_or_default()
-                .into_iter()
-                .enumerate()
-                .map(|(j, e)| {
-                    let source = match (e.value, e.value_from) {
-                        (Some(v), None) => EnvSource::Value(v),
-                        (None, Some(from)) => {
-                            let path = from
-                                .field_ref
-                                .map(|f| f.field_path)
-                                .filter(|p| SUPPORTED_FIELDS.contains(&p.as_str()))
-                                .ok_or_else(|| {
-                                    format!(
-                                        "{at}.env[{j}].valueFrom: only fieldRef to {} is supported",
-                                        SUPPORTED_FIELDS.join(", ")
-                                    )
-                                })?;
-                            EnvSource::Field(path)
-                        }
-                        (None, None) => EnvSource::Value(String::new()),
-                        (Some(_), Some(_)) => {
-                            return Err(format!(
-                                "{at}.env[{j}]: value and valueFrom are mutually exclusive"
-                            ));
-                        }
-                    };
-                    Ok((e.name, source))
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            let ports = c
-                .ports
-                .unwrap_or_default()
-                .into_iter()
-                .enumerate()
-                .map(|(j, p)| {
-                    u16::try_from(p.container_port)
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .map(|n| (p.name, n))
-                        .ok_or_else(|| format!("{at}.ports[{j}].containerPort: out of range"))
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            Ok(ContainerSpec {
-                name: c.name,
-                argv,
-                env,
-                ports,
-            })
-        })
+        .map(|(i, c)| container(c, &format!("{at}.containers[{i}]"), &mut names))
         .collect::<Result<Vec<_>, String>>()?;
     Ok(PodTemplate {
         labels,
@@ -529,8 +465,89 @@ fn template(
             .service_account_name
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".to_string()),
+        init_containers,
         containers,
         restart_policy,
+    })
+}
+
+/// One container (or init container) at field path `at`; `names` holds the names seen so far
+/// in the pod, which must be unique across both lists.
+fn container(
+    c: corev1::Container,
+    at: &str,
+    names: &mut BTreeSet<String>,
+) -> Result<ContainerSpec, String> {
+    if !is_dns_label(&c.name) {
+        return Err(format!(
+            "{at}.name: {:?} must be 1 to 63 characters of a-z, 0-9 and '-'",
+            c.name
+        ));
+    }
+    if !names.insert(c.name.clone()) {
+        return Err(format!("{at}.name: {:?} is used twice", c.name));
+    }
+    let argv: Vec<String> = c
+        .command
+        .unwrap_or_default()
+        .into_iter()
+        .chain(c.args.unwrap_or_default())
+        .collect();
+    if argv.is_empty() {
+        return Err(format!(
+            "{at}.command: missing; the local cluster runs commands, not images \
+             (give the container a command, e.g. [switchyard-echo, serve])"
+        ));
+    }
+    let env = c
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(j, e)| {
+            let source = match (e.value, e.value_from) {
+                (Some(v), None) => EnvSource::Value(v),
+                (None, Some(from)) => {
+                    let path = from
+                        .field_ref
+                        .map(|f| f.field_path)
+                        .filter(|p| SUPPORTED_FIELDS.contains(&p.as_str()))
+                        .ok_or_else(|| {
+                            format!(
+                                "{at}.env[{j}].valueFrom: only fieldRef to {} is supported",
+                                SUPPORTED_FIELDS.join(", ")
+                            )
+                        })?;
+                    EnvSource::Field(path)
+                }
+                (None, None) => EnvSource::Value(String::new()),
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "{at}.env[{j}]: value and valueFrom are mutually exclusive"
+                    ));
+                }
+            };
+            Ok((e.name, source))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let ports = c
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(j, p)| {
+            u16::try_from(p.container_port)
+                .ok()
+                .filter(|n| *n > 0)
+                .map(|n| (p.name, n))
+                .ok_or_else(|| format!("{at}.ports[{j}].containerPort: out of range"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(ContainerSpec {
+        name: c.name,
+        argv,
+        env,
+        ports,
     })
 }
 

@@ -194,6 +194,7 @@ mod tests {
         PodTemplate {
             labels: BTreeMap::from([("app".into(), "echo".into())]),
             service_account: "echo".into(),
+            init_containers: vec![],
             containers: vec![ContainerSpec {
                 name: "echo".into(),
                 argv: vec!["switchyard-echo".into(), "serve".into()],

@@ -71,6 +71,10 @@ pub struct ClusterState {
     /// What was wrong with the manifests at the last read (empty when they were fine); the
     /// cluster keeps running what it had before.
     pub manifest_problems: Vec<String>,
+    /// Pods (by the `namespace/name` of their Pod or Deployment) that could not be started
+    /// at the last try, and why.
+    #[serde(default)]
+    pub pod_problems: BTreeMap<String, String>,
 }
 
 /// A node.

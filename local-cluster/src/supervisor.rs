@@ -32,6 +32,8 @@ pub const XDS_PORT: u16 = 15010;
 pub const XDS_TLS_PORT: u16 = 15012;
 /// Admin port of the control plane.
 pub const ADMIN_PORT: u16 = 15014;
+/// Longest an init step may run.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a deleted pod's processes get between SIGTERM and SIGKILL.
 pub const TERMINATION_GRACE: Duration = Duration::from_secs(2);
 /// How long `up` waits for the control plane's `/readyz`.
@@ -82,6 +84,12 @@ pub trait DataplaneHooks: Send + Sync + fmt::Debug {
     /// Processes to run in `node`'s namespace once it is up.
     fn node_processes(&self, node: &NodeState) -> Vec<ProcessSpec> {
         let _ = node;
+        Vec::new()
+    }
+    /// Steps to run to completion in `pod`'s namespace and cgroup before its init containers
+    /// and containers (a dataplane's capture set-up).
+    fn pod_init(&self, pod: &PodState) -> Vec<ProcessSpec> {
+        let _ = pod;
         Vec::new()
     }
     /// Processes to run in `pod`'s namespace beside its containers.
@@ -266,6 +274,7 @@ impl Supervisor {
             last_pod_ip: BTreeMap::new(),
             metrics_address: None,
             manifest_problems: Vec::new(),
+            pod_problems: BTreeMap::new(),
         };
         Ok(Self {
             opts,
@@ -513,7 +522,7 @@ impl Supervisor {
         }
         for (key, pod) in &desired {
             if !self.state.pods.contains_key(key) && !self.deleted_bare.contains_key(key) {
-                self.create_pod(&pod.namespace, &pod.name, None, pod.template.clone())?;
+                self.try_create_pod(key, &pod.namespace, &pod.name, None, &pod.template);
             }
         }
         // Deployments.
@@ -558,16 +567,47 @@ impl Supervisor {
             }
             for _ in have..want {
                 let name = self.fresh_pod_name(&d.namespace, &d.name);
-                self.create_pod(
+                let owner = format!("{}/{}", d.namespace, d.name);
+                if !self.try_create_pod(
+                    &owner,
                     &d.namespace,
                     &name,
                     Some(d.name.clone()),
-                    d.template.clone(),
-                )?;
+                    &d.template,
+                ) {
+                    // The next read of the manifests tries again.
+                    break;
+                }
             }
         }
         self.write_cluster_objects()?;
         self.persist()
+    }
+
+    /// Creates a pod; a failure (an init step that fails, say) is recorded under `owner`
+    /// (`namespace/name` of the Pod or Deployment) for `dev status` and does not stop the
+    /// rest of the cluster. Returns whether the pod started.
+    fn try_create_pod(
+        &mut self,
+        owner: &str,
+        namespace: &str,
+        name: &str,
+        deployment: Option<String>,
+        template: &PodTemplate,
+    ) -> bool {
+        match self.create_pod(namespace, name, deployment, template.clone()) {
+            Ok(()) => {
+                self.state.pod_problems.remove(owner);
+                true
+            }
+            Err(e) => {
+                tracing::error!(%owner, error = %e, "pod not started; retried at the next read of the manifests");
+                self.state
+                    .pod_problems
+                    .insert(owner.to_string(), e.to_string());
+                false
+            }
+        }
     }
 
     fn fresh_pod_name(&self, namespace: &str, deployment: &str) -> String {
@@ -672,25 +712,49 @@ impl Supervisor {
             uid: pod.uid.clone(),
         };
         let base_env = pod_env(pod, node, self.path_env());
+        let spec_of = |c: &manifests::ContainerSpec| {
+            let mut env = base_env.clone();
+            env.extend(c.env.iter().map(|(k, v)| {
+                let value = match v {
+                    EnvSource::Value(v) => v.clone(),
+                    EnvSource::Field(f) => field(pod, node, f),
+                };
+                (k.clone(), value)
+            }));
+            ProcessSpec {
+                name: c.name.clone(),
+                argv: c.argv.clone(),
+                env,
+            }
+        };
+        // Init steps first, each to success: the dataplane's (its capture set-up, as
+        // proxy-init is in Kubernetes), then the pod's own init containers.
+        let mut inits = self.hooks.pod_init(pod);
+        for p in &mut inits {
+            check_process_name(&p.name)?;
+            let mut env = base_env.clone();
+            env.append(&mut p.env);
+            p.env = env;
+        }
+        inits.extend(template.init_containers.iter().map(spec_of));
+        for init in inits {
+            let launch = Launch {
+                netns: pod.netns.clone(),
+                cgroup: pod.cgroup.clone(),
+                log: self
+                    .logs_dir()
+                    .join(format!("{namespace}_{name}_{}.log", init.name)),
+                argv: init.argv,
+                env: init.env,
+                restart: RestartPolicy::Never,
+                started: Instant::now(),
+            };
+            self.run_init(&key, &init.name, &launch)?;
+        }
         let mut processes: Vec<(ProcessSpec, RestartPolicy)> = template
             .containers
             .iter()
-            .map(|c| {
-                let mut env = base_env.clone();
-                env.extend(c.env.iter().map(|(k, v)| {
-                    let value = match v {
-                        EnvSource::Value(v) => v.clone(),
-                        EnvSource::Field(f) => field(pod, node, f),
-                    };
-                    (k.clone(), value)
-                }));
-                let spec = ProcessSpec {
-                    name: c.name.clone(),
-                    argv: c.argv.clone(),
-                    env,
-                };
-                (spec, template.restart_policy)
-            })
+            .map(|c| (spec_of(c), template.restart_policy))
             .collect();
         let extra = self.hooks.pod_processes(pod);
         for p in &extra {
@@ -927,6 +991,70 @@ impl Supervisor {
         let inherited =
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
         format!("{}:{inherited}", self.opts.bin_dir.display())
+    }
+
+    /// Runs an init step through the launcher to its end; anything but success (or taking
+    /// longer than [`INIT_TIMEOUT`]) fails the pod.
+    fn run_init(&self, pod: &str, name: &str, launch: &Launch) -> Result<(), ClusterError> {
+        let log = |what: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&launch.log)
+                .map_err(|source| ClusterError::Io {
+                    what: format!("opening log {} ({what})", launch.log.display()),
+                    source,
+                })
+        };
+        let mut child = std::process::Command::new(&self.opts.launcher)
+            .args(["dev", "enter", "--netns"])
+            .arg(ip::netns_path(&launch.netns))
+            .arg("--cgroup")
+            .arg(&launch.cgroup)
+            .arg("--")
+            .args(&launch.argv)
+            .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log("stdout")?))
+            .stderr(Stdio::from(log("stderr")?))
+            .spawn()
+            .map_err(|source| ClusterError::Io {
+                what: format!("starting init step {name} of pod {pod}"),
+                source,
+            })?;
+        let deadline = Instant::now() + INIT_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(ClusterError::Supervisor(format!(
+                        "init step {name} of pod {pod} did not finish within {} s; see {}",
+                        INIT_TIMEOUT.as_secs(),
+                        launch.log.display()
+                    )));
+                }
+                Err(source) => {
+                    return Err(ClusterError::Io {
+                        what: format!("waiting for init step {name} of pod {pod}"),
+                        source,
+                    });
+                }
+            }
+        };
+        if status.success() {
+            tracing::info!(%pod, init = %name, "init step done");
+            Ok(())
+        } else {
+            Err(ClusterError::Supervisor(format!(
+                "init step {name} of pod {pod} failed ({status}); see {}",
+                launch.log.display()
+            )))
+        }
     }
 
     /// Starts a process through the launcher (namespace and cgroup joined before exec) and

@@ -27,9 +27,22 @@ apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: demo, labels: {app: client}}
 spec:
+  initContainers:
+  # Runs to success first, in the pod's network namespace (its address is already there).
+  - name: check-net
+    command: [sh, -c, 'ip -4 addr show eth0 | grep -q \"inet $POD_IP/24\"']
   containers:
   - name: main
     command: [switchyard-echo, serve, --http, '0.0.0.0:8080', --grpc, '0.0.0.0:9090']
+";
+
+const NEVER_POD: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: never, namespace: demo}
+spec:
+  initContainers: [{name: fail, command: ['false']}]
+  containers: [{name: main, command: [switchyard-echo, serve, --http, '0.0.0.0:8080']}]
 ";
 
 fn deployment(replicas: u32) -> String {
@@ -397,9 +410,21 @@ fn the_model_follows_deletes_restarts_scaling_and_keeps_the_last_good_manifests(
     as_root(async {
         let c = Cluster::new(
             'b',
-            &[("app.yaml", &deployment(2)), ("client.yaml", ECHO_POD)],
+            &[
+                ("app.yaml", &deployment(2)),
+                ("client.yaml", ECHO_POD),
+                ("never.yaml", NEVER_POD),
+            ],
         );
         c.up(2).await;
+        // A pod whose init step fails does not start, says why, and holds nothing up.
+        let state = c.state();
+        assert!(!state.pods.contains_key("demo/never"));
+        let why = &state.pod_problems["demo/never"];
+        assert!(
+            why.contains("init step fail of pod demo/never failed"),
+            "{why}"
+        );
         let first: BTreeSet<Ipv4Addr> = c.pods_of("echo").iter().map(|p| p.ip).collect();
         assert_eq!(first.len(), 2);
         let eps = eventually(Duration::from_secs(5), "two echo endpoints", || async {

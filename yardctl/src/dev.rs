@@ -521,6 +521,9 @@ pub async fn status(args: StatusArgs, out: &mut impl Write) -> anyhow::Result<Ex
             if let Some(m) = state.metrics_address {
                 writeln!(out, "supervisor metrics: http://{m}/metrics")?;
             }
+            for (owner, problem) in &state.pod_problems {
+                writeln!(out, "  pod not started ({owner}): {problem}")?;
+            }
             for p in &state.manifest_problems {
                 writeln!(out, "  manifest problem (last good pods kept): {p}")?;
             }
