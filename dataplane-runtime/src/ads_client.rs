@@ -571,6 +571,35 @@ fn unwrap_resource(any: &Any) -> (String, Any) {
     (name, any.clone())
 }
 
+/// The `Node` a Switchyard client sends on an ADS stream: `id`, its own name and version as
+/// user agent, and string `metadata` (the contract's `node.metadata` fields).
+pub fn ads_node(
+    id: String,
+    user_agent: &str,
+    version: &str,
+    metadata: impl IntoIterator<Item = (String, String)>,
+) -> Node {
+    use switchyard_protos::envoy::envoy::config::core::v3::node::UserAgentVersionType;
+    use switchyard_protos::wkt;
+    Node {
+        id,
+        user_agent_name: user_agent.to_string(),
+        user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(version.to_string())),
+        metadata: Some(wkt::Struct {
+            fields: metadata
+                .into_iter()
+                .map(|(k, v)| {
+                    let value = wkt::Value {
+                        kind: Some(wkt::value::Kind::StringValue(v)),
+                    };
+                    (k, value)
+                })
+                .collect(),
+        }),
+        ..Default::default()
+    }
+}
+
 /// The resource name of a packed resource of a type Switchyard serves: `Cluster.name`,
 /// `ClusterLoadAssignment.cluster_name`, `Listener.name`, `RouteConfiguration.name`,
 /// `Secret.name`, `Workload.uid`, `<namespace>/<hostname>` of a `Service` and

@@ -10,15 +10,14 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
+use switchyard_dataplane_runtime::ads_client::ads_node;
 use switchyard_dataplane_runtime::identity::{
     CaClient, CaTransport, Rotation, RotationPolicy, control_plane_identity, generate_csr,
 };
 use switchyard_dataplane_runtime::tls::{IdentityStore, TrustBundle};
 use switchyard_dataplane_runtime::xds::follow_bundle;
 use switchyard_model::SpiffeId;
-use switchyard_protos::envoy::envoy::config::core::v3::Node;
 use switchyard_protos::envoy::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
-use switchyard_protos::wkt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{info, warn};
 
@@ -193,19 +192,13 @@ async fn sds_agent(args: AgentArgs) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(rotation.run());
-    let node = Node {
-        id: args.node_id.clone(),
-        cluster: "switchyard-sds-agent".into(),
-        metadata: Some(wkt::Struct {
-            fields: std::collections::HashMap::from([(
-                "DATAPLANE_KIND".to_string(),
-                wkt::Value {
-                    kind: Some(wkt::value::Kind::StringValue("sds-agent".into())),
-                },
-            )]),
-        }),
-        ..Default::default()
-    };
+    let mut node = ads_node(
+        args.node_id.clone(),
+        "switchyard-sidecar",
+        env!("CARGO_PKG_VERSION"),
+        [("DATAPLANE_KIND".to_string(), "sds-agent".to_string())],
+    );
+    node.cluster = "switchyard-sds-agent".into();
     tokio::spawn(follow_bundle(
         args.xds_address.to_string(),
         node,

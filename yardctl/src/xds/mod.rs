@@ -19,6 +19,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use prost::{Message, Name};
 use serde_json::{Value, json};
+use switchyard_dataplane_runtime::ads_client::ads_node;
 use switchyard_dataplane_runtime::ads_client::{
     AdsClient, AdsError, Resource, Response, Variant, WILDCARD,
 };
@@ -32,7 +33,7 @@ use switchyard_protos::envoy::envoy::config::cluster::v3::Cluster;
 use switchyard_protos::envoy::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType,
 };
-use switchyard_protos::envoy::envoy::config::core::v3::{Address, Node, address, node};
+use switchyard_protos::envoy::envoy::config::core::v3::{Address, Node, address};
 use switchyard_protos::envoy::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use switchyard_protos::envoy::envoy::config::listener::v3::{FilterChain, Listener, filter};
 use switchyard_protos::envoy::envoy::config::route::v3::RouteConfiguration;
@@ -457,27 +458,7 @@ fn build_node(a: &ClientArgs, warn: &mut impl Write) -> anyhow::Result<(Node, Pr
             ProxyMetadata::from_fields(field).map_err(|e| anyhow::anyhow!("--metadata: {e}"))?;
         ProxyId::parse(&id, md).context("the node would be refused")?;
     }
-    let node = Node {
-        id,
-        user_agent_name: "yardctl".into(),
-        user_agent_version_type: Some(node::UserAgentVersionType::UserAgentVersion(
-            env!("CARGO_PKG_VERSION").into(),
-        )),
-        metadata: Some(wkt::Struct {
-            fields: metadata
-                .into_iter()
-                .map(|(k, v)| {
-                    (
-                        k,
-                        wkt::Value {
-                            kind: Some(wkt::value::Kind::StringValue(v)),
-                        },
-                    )
-                })
-                .collect(),
-        }),
-        ..Default::default()
-    };
+    let node = ads_node(id, "yardctl", env!("CARGO_PKG_VERSION"), metadata);
     Ok((node, kind))
 }
 

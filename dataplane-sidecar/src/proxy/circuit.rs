@@ -1,0 +1,279 @@
+//! Circuit-breaker counters for one upstream cluster, like Envoy's per-priority thresholds:
+//! open connections, requests waiting for a connection, active requests and active retries.
+//!
+//! It owns the counting: each `try_*` takes a slot or refuses with [`Overloaded`], and the
+//! returned [`CircuitGuard`] gives the slot back when dropped. The caller turns a refusal into
+//! a `503` with the [`OVERLOADED_HEADER`] set to [`Overloaded::reason`] (for a retry, it just
+//! does not retry). Limits can change while guards are out: a lower limit refuses new slots
+//! until enough guards are dropped.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use tracing::debug;
+
+/// Response header naming the exhausted resource on a `503` the proxy made itself (Envoy's
+/// `x-envoy-overloaded`).
+pub const OVERLOADED_HEADER: &str = "switchyard-overloaded";
+
+/// A counted resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// Open connections to the cluster's endpoints.
+    Connections,
+    /// Requests waiting for a connection (pool queue).
+    PendingRequests,
+    /// Requests in flight.
+    Requests,
+    /// Retries in flight.
+    Retries,
+}
+
+impl Resource {
+    /// The [`OVERLOADED_HEADER`] value and log field for this resource.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::Connections => "max-connections",
+            Resource::PendingRequests => "max-pending-requests",
+            Resource::Requests => "max-requests",
+            Resource::Retries => "max-retries",
+        }
+    }
+
+    const ALL: [Resource; 4] = [
+        Resource::Connections,
+        Resource::PendingRequests,
+        Resource::Requests,
+        Resource::Retries,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Limits of one cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitLimits {
+    /// Most open connections.
+    pub max_connections: u32,
+    /// Most requests waiting for a connection.
+    pub max_pending_requests: u32,
+    /// Most requests in flight.
+    pub max_requests: u32,
+    /// Most retries in flight.
+    pub max_retries: u32,
+}
+
+impl Default for CircuitLimits {
+    /// Envoy's defaults: 1024, 1024, 1024 and 3.
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+impl CircuitLimits {
+    fn get(&self, resource: Resource) -> u32 {
+        match resource {
+            Resource::Connections => self.max_connections,
+            Resource::PendingRequests => self.max_pending_requests,
+            Resource::Requests => self.max_requests,
+            Resource::Retries => self.max_retries,
+        }
+    }
+}
+
+/// A refused slot: the caller answers `503` with [`OVERLOADED_HEADER`]: [`Overloaded::reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("upstream overloaded: {resource} reached its limit of {limit}")]
+pub struct Overloaded {
+    /// The exhausted resource.
+    pub resource: Resource,
+    /// Its limit when the slot was refused.
+    pub limit: u32,
+}
+
+impl Overloaded {
+    /// The HTTP status the caller answers with.
+    pub const STATUS: u16 = 503;
+
+    /// The [`OVERLOADED_HEADER`] value.
+    pub fn reason(&self) -> &'static str {
+        self.resource.as_str()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counter {
+    limit: AtomicU32,
+    active: AtomicU32,
+    refused: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    counters: [Counter; 4],
+}
+
+/// The counters of one cluster; clones share them.
+#[derive(Debug, Clone)]
+pub struct CircuitBreaker {
+    inner: Arc<Inner>,
+}
+
+/// One resource's state in a [`CircuitSnapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResourceCounts {
+    /// The limit.
+    pub limit: u32,
+    /// Slots in use.
+    pub active: u32,
+    /// Slots refused so far (Envoy's `upstream_*_overflow`).
+    pub refused: u64,
+}
+
+/// The breaker's counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CircuitSnapshot {
+    /// Connections.
+    pub connections: ResourceCounts,
+    /// Pending requests.
+    pub pending_requests: ResourceCounts,
+    /// Requests.
+    pub requests: ResourceCounts,
+    /// Retries.
+    pub retries: ResourceCounts,
+}
+
+impl CircuitBreaker {
+    /// A breaker with these limits and nothing in use.
+    pub fn new(limits: CircuitLimits) -> Self {
+        let breaker = Self {
+            inner: Arc::new(Inner {
+                counters: Default::default(),
+            }),
+        };
+        breaker.set_limits(limits);
+        breaker
+    }
+
+    /// Changes the limits; slots in use stay until their guards drop.
+    pub fn set_limits(&self, limits: CircuitLimits) {
+        for resource in Resource::ALL {
+            self.counter(resource)
+                .limit
+                .store(limits.get(resource), Ordering::Relaxed);
+        }
+    }
+
+    /// Takes a connection slot.
+    pub fn try_connection(&self) -> Result<CircuitGuard, Overloaded> {
+        self.try_acquire(Resource::Connections)
+    }
+
+    /// Takes a pending-request slot (hold it while the request waits for a connection).
+    pub fn try_pending_request(&self) -> Result<CircuitGuard, Overloaded> {
+        self.try_acquire(Resource::PendingRequests)
+    }
+
+    /// Takes a request slot.
+    pub fn try_request(&self) -> Result<CircuitGuard, Overloaded> {
+        self.try_acquire(Resource::Requests)
+    }
+
+    /// Takes a retry slot (hold it for the retried attempt).
+    pub fn try_retry(&self) -> Result<CircuitGuard, Overloaded> {
+        self.try_acquire(Resource::Retries)
+    }
+
+    /// Takes a slot of `resource`, or refuses when all are in use.
+    pub fn try_acquire(&self, resource: Resource) -> Result<CircuitGuard, Overloaded> {
+        let counter = self.counter(resource);
+        let limit = counter.limit.load(Ordering::Relaxed);
+        let taken = counter
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |active| {
+                (active < limit).then_some(active + 1)
+            });
+        match taken {
+            Ok(_) => Ok(CircuitGuard {
+                inner: Arc::clone(&self.inner),
+                resource,
+            }),
+            Err(active) => {
+                counter.refused.fetch_add(1, Ordering::Relaxed);
+                debug!(
+                    resource = resource.as_str(),
+                    limit, active, "circuit breaker refused a slot"
+                );
+                Err(Overloaded { resource, limit })
+            }
+        }
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> CircuitSnapshot {
+        let counts = |resource| {
+            let c = self.counter(resource);
+            ResourceCounts {
+                limit: c.limit.load(Ordering::Relaxed),
+                active: c.active.load(Ordering::Relaxed),
+                refused: c.refused.load(Ordering::Relaxed),
+            }
+        };
+        CircuitSnapshot {
+            connections: counts(Resource::Connections),
+            pending_requests: counts(Resource::PendingRequests),
+            requests: counts(Resource::Requests),
+            retries: counts(Resource::Retries),
+        }
+    }
+
+    fn counter(&self, resource: Resource) -> &Counter {
+        &self.inner.counters[resource.index()]
+    }
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        Self::new(CircuitLimits::default())
+    }
+}
+
+/// A slot of one resource, given back on drop.
+#[derive(Debug)]
+#[must_use = "the slot is released as soon as the guard is dropped"]
+pub struct CircuitGuard {
+    inner: Arc<Inner>,
+    resource: Resource,
+}
+
+impl CircuitGuard {
+    /// The resource this guard holds a slot of.
+    pub fn resource(&self) -> Resource {
+        self.resource
+    }
+}
+
+impl Drop for CircuitGuard {
+    fn drop(&mut self) {
+        self.inner.counters[self.resource.index()]
+            .active
+            .fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncWriteExt, DuplexStream, ReadBuf, duplex};
+
+use super::*;
+
+/// The first bytes of a real TLS 1.3 ClientHello record (record header + handshake type).
+const CLIENT_HELLO: &[u8] = &[
+    0x16, 0x03, 0x01, 0x00, 0xf1, 0x01, 0x00, 0x00, 0xed, 0x03, 0x03,
+];
+
+fn detector(timeout_ms: u64) -> Detector {
+    Detector::new(DetectConfig {
+        timeout: Duration::from_millis(timeout_ms),
+        max_prefix: 64,
+    })
+}
+
+async fn read_all(io: &mut Prefixed<DuplexStream>) -> Vec<u8> {
+    let mut out = Vec::new();
+    io.read_to_end(&mut out).await.expect("read");
+    out
+}
+
+#[test]
+fn classifies_prefixes() {
+    use Protocol::*;
+    let cases: &[(&[u8], Verdict)] = &[
+        (b"", Verdict::NeedMore),
+        (b"G", Verdict::NeedMore),
+        (b"GET", Verdict::NeedMore),
+        (b"GET /", Verdict::NeedMore),
+        (b"GET /a HTTP/1", Verdict::NeedMore),
+        (b"GET /a HTTP/1.1\r", Verdict::NeedMore),
+        (b"GET /a HTTP/1.1\r\n", Verdict::Known(Http1)),
+        (b"OPTIONS * HTTP/1.0\r\nHost: x\r\n", Verdict::Known(Http1)),
+        (b"PATCH /x HTTP/1.1\n", Verdict::Known(Http1)),
+        (b"PUT /x HTTP/1.1\r\n", Verdict::Known(Http1)),
+        (b"P", Verdict::NeedMore),
+        (b"PRI * HTTP/2.0\r\n", Verdict::NeedMore),
+        (H2_PREFACE, Verdict::Known(Http2)),
+        (
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04",
+            Verdict::Known(Http2),
+        ),
+        (&CLIENT_HELLO[..3], Verdict::NeedMore),
+        (CLIENT_HELLO, Verdict::Known(Tls)),
+        // a TLS alert record, a server-hello-shaped record, a bad version
+        (
+            &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02],
+            Verdict::Known(Opaque),
+        ),
+        (
+            &[0x16, 0x03, 0x03, 0x00, 0x02, 0x02],
+            Verdict::Known(Opaque),
+        ),
+        (&[0x16, 0x02], Verdict::Known(Opaque)),
+        // Redis' inline GET is not HTTP
+        (b"GET key\r\n", Verdict::Known(Opaque)),
+        (b"get / HTTP/1.1\r\n", Verdict::Known(Opaque)),
+        (b"GETS / HTTP/1.1\r\n", Verdict::Known(Opaque)),
+        (b"GET  / HTTP/1.1\r\n", Verdict::Known(Opaque)),
+        (b"GET / HTTP/2.0\r\n", Verdict::Known(Opaque)),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", Verdict::Known(Opaque)),
+        (b"\x00\x00\x00\x08", Verdict::Known(Opaque)),
+    ];
+    for (bytes, want) in cases {
+        assert_eq!(
+            classify(bytes, false),
+            *want,
+            "{:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
+
+#[test]
+fn a_full_buffer_decides() {
+    // a request target longer than the buffer still looks like HTTP/1
+    assert_eq!(
+        classify(b"GET /aaaaaaaa", true),
+        Verdict::Known(Protocol::Http1)
+    );
+    // anything else undecided is opaque
+    assert_eq!(
+        classify(b"GET /a HTTP/1", true),
+        Verdict::Known(Protocol::Opaque)
+    );
+    assert_eq!(
+        classify(b"PRI * HT", true),
+        Verdict::Known(Protocol::Opaque)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn http1_arriving_byte_by_byte_is_detected_and_replayed() {
+    let (mut client, server) = duplex(1024);
+    let request = b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n";
+    let writer = tokio::spawn(async move {
+        for b in request {
+            client.write_all(&[*b]).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        client
+    });
+    let d = detector(1_000);
+    let mut detected = d.detect(server).await.expect("detect");
+    assert_eq!(detected.protocol, Protocol::Http1);
+    assert!(!detected.timed_out);
+    let client = writer.await.expect("writer");
+    drop(client);
+    assert_eq!(read_all(&mut detected.io).await, request);
+    assert_eq!(d.stats().snapshot().http1, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_prior_knowledge_is_http2() {
+    let (mut client, server) = duplex(1024);
+    let mut sent = H2_PREFACE.to_vec();
+    sent.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // an empty SETTINGS frame
+    client.write_all(&sent).await.expect("write");
+    drop(client);
+    let d = detector(1_000);
+    let mut detected = d.detect(server).await.expect("detect");
+    assert_eq!(detected.protocol, Protocol::Http2);
+    assert_eq!(read_all(&mut detected.io).await, sent);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_hello_is_tls() {
+    let (mut client, server) = duplex(1024);
+    client.write_all(CLIENT_HELLO).await.expect("write");
+    let detected = detector(1_000).detect(server).await.expect("detect");
+    assert_eq!(detected.protocol, Protocol::Tls);
+    assert_eq!(detected.io.prefix(), CLIENT_HELLO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_first_protocol_falls_to_opaque_after_the_timeout() {
+    let (mut client, server) = duplex(1024);
+    let d = detector(300);
+    let started = tokio::time::Instant::now();
+    let mut detected = d.detect(server).await.expect("detect");
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    assert_eq!(detected.protocol, Protocol::Opaque);
+    assert!(detected.timed_out);
+    assert!(detected.io.prefix().is_empty());
+    // the stream still works both ways: the server speaks first, then the client answers
+    detected
+        .io
+        .write_all(b"220 smtp ready\r\n")
+        .await
+        .expect("write");
+    let mut greeting = [0u8; 16];
+    client.read_exact(&mut greeting).await.expect("read");
+    assert_eq!(&greeting, b"220 smtp ready\r\n");
+    client.write_all(b"EHLO x\r\n").await.expect("write");
+    drop(client);
+    assert_eq!(read_all(&mut detected.io).await, b"EHLO x\r\n");
+    let counts = d.stats().snapshot();
+    assert_eq!((counts.opaque, counts.timeouts), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_few_bytes_before_the_timeout_are_kept() {
+    let (mut client, server) = duplex(1024);
+    client.write_all(b"GE").await.expect("write");
+    let mut detected = detector(100).detect(server).await.expect("detect");
+    assert_eq!(
+        (detected.protocol, detected.timed_out),
+        (Protocol::Opaque, true)
+    );
+    client.write_all(b"T / HTTP/1.1\r\n").await.expect("write");
+    drop(client);
+    assert_eq!(read_all(&mut detected.io).await, b"GET / HTTP/1.1\r\n");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_closing_first_is_opaque_without_a_timeout() {
+    let (mut client, server) = duplex(1024);
+    client.write_all(b"PRI").await.expect("write");
+    drop(client);
+    let d = detector(1_000);
+    let mut detected = d.detect(server).await.expect("detect");
+    assert_eq!(
+        (detected.protocol, detected.timed_out),
+        (Protocol::Opaque, false)
+    );
+    assert_eq!(read_all(&mut detected.io).await, b"PRI");
+    assert_eq!(d.stats().snapshot().timeouts, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn detection_reads_at_most_the_prefix_limit() {
+    let (mut client, server) = duplex(1024);
+    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(200));
+    client.write_all(long.as_bytes()).await.expect("write");
+    drop(client);
+    let mut detected = detector(1_000).detect(server).await.expect("detect");
+    assert_eq!(detected.protocol, Protocol::Http1);
+    assert_eq!(detected.io.prefix().len(), 64);
+    assert_eq!(read_all(&mut detected.io).await, long.as_bytes());
+}
+
+/// A stream whose reads fail.
+#[derive(Debug)]
+struct Broken;
+
+impl AsyncRead for Broken {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+    }
+}
+
+#[tokio::test]
+async fn a_read_error_is_reported() {
+    let err = detector(1_000).detect(Broken).await.expect_err("error");
+    assert_eq!(err.0.kind(), io::ErrorKind::ConnectionReset);
+}
