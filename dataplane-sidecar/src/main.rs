@@ -1,6 +1,8 @@
 //! `switchyard-sidecar`: per-pod dataplane binary. Subcommand `sds-agent` runs the SDS agent
-//! for a stock Envoy.
+//! for a stock Envoy; `init` installs the pod's traffic capture (nftables) before its app
+//! starts.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use switchyard_dataplane_runtime::ads_client::ads_node;
@@ -16,6 +19,7 @@ use switchyard_dataplane_runtime::identity::{
 };
 use switchyard_dataplane_runtime::tls::{IdentityStore, TrustBundle};
 use switchyard_dataplane_runtime::xds::follow_bundle;
+use switchyard_dataplane_sidecar::capture::{self, CaptureConfig};
 use switchyard_model::SpiffeId;
 use switchyard_protos::envoy::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -36,8 +40,49 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    // Boxed: clippy's large_enum_variant, now that `init`'s arguments are much smaller.
     /// Serve a workload certificate and the trust bundle to a local Envoy over SDS.
-    SdsAgent(AgentArgs),
+    SdsAgent(Box<AgentArgs>),
+    /// Install the pod's traffic capture (nftables) in the current network namespace, as
+    /// an init step before the app starts; re-running replaces it.
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Port the proxy accepts redirected outbound connections on.
+    #[arg(long, default_value_t = capture::OUTBOUND_PORT)]
+    outbound_port: u16,
+    /// Port the proxy accepts redirected inbound connections on.
+    #[arg(long, default_value_t = capture::INBOUND_PORT)]
+    inbound_port: u16,
+    /// The proxy's HBONE port; inbound connections to it are not redirected.
+    #[arg(long, default_value_t = capture::HBONE_PORT)]
+    hbone_port: u16,
+    /// SO_MARK the proxy sets on its own sockets; marked connections are never captured.
+    #[arg(long, default_value_t = capture::PROXY_MARK)]
+    proxy_mark: u32,
+    /// Inbound ports not captured, comma-separated; replaces the default list (admin,
+    /// metrics, health).
+    #[arg(long, value_delimiter = ',', default_values_t = capture::EXCLUDE_INBOUND_PORTS)]
+    exclude_inbound_ports: Vec<u16>,
+    /// Outbound destination ports not captured, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_ports: Vec<u16>,
+    /// Outbound destination networks not captured, comma-separated (`10.0.0.0/8`; a bare
+    /// address means that one host).
+    #[arg(long, value_delimiter = ',', value_parser = parse_net)]
+    exclude_outbound_cidrs: Vec<IpNet>,
+    /// Print the ruleset to stdout and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// A network (`10.0.0.0/8`) or a bare address taken as a host route.
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{text}` is neither a network (10.0.0.0/8) nor an address"))
 }
 
 #[derive(Debug, Args)]
@@ -91,13 +136,37 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     match cli.command {
-        Command::SdsAgent(args) => rt.block_on(sds_agent(args)),
+        Command::Init(args) => init(args),
+        Command::SdsAgent(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(sds_agent(*args)),
     }
+}
+
+/// `init`: validate, then print (`--dry-run`) or install the capture rules.
+fn init(args: InitArgs) -> anyhow::Result<()> {
+    let config = CaptureConfig {
+        outbound_port: args.outbound_port,
+        inbound_port: args.inbound_port,
+        hbone_port: args.hbone_port,
+        proxy_mark: args.proxy_mark,
+        exclude_inbound_ports: args.exclude_inbound_ports,
+        exclude_outbound_ports: args.exclude_outbound_ports,
+        exclude_outbound_cidrs: args.exclude_outbound_cidrs,
+    };
+    config.validate()?;
+    if args.dry_run {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(capture::render(&config).as_bytes())
+            .and_then(|()| stdout.flush())
+            .context("writing the ruleset to stdout")?;
+        return Ok(());
+    }
+    capture::apply(&config).context("installing the traffic capture")
 }
 
 async fn sds_agent(args: AgentArgs) -> anyhow::Result<()> {
