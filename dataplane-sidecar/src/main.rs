@@ -1,9 +1,10 @@
 //! `switchyard-sidecar`: per-pod dataplane binary. Subcommand `sds-agent` runs the SDS agent
-//! for a stock Envoy; `init` installs the pod's traffic capture (nftables) before its app
+//! for a stock Envoy; `proxy` runs the sidecar's own L4 proxy; `init` installs the pod's traffic capture (nftables) before its app
 //! starts.
 
+use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,15 +15,23 @@ use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use switchyard_dataplane_runtime::ads_client::ads_node;
+use switchyard_dataplane_runtime::hbone::{HboneClient, HboneServer};
 use switchyard_dataplane_runtime::identity::{
-    CaClient, CaTransport, Rotation, RotationPolicy, control_plane_identity, generate_csr,
+    CaClient, CaTransport, Rotation, RotationPolicy, control_plane_channel, control_plane_identity,
+    generate_csr,
 };
 use switchyard_dataplane_runtime::tls::{IdentityStore, TrustBundle};
 use switchyard_dataplane_runtime::xds::follow_bundle;
 use switchyard_dataplane_sidecar::capture::{self, CaptureConfig};
+use switchyard_dataplane_sidecar::config::{Follower, FollowerOptions, SidecarNode};
+use switchyard_dataplane_sidecar::proxy::copy::CopyConfig;
+use switchyard_dataplane_sidecar::proxy::server::{
+    Proxy, ProxyMetrics, ProxySettings, TunnelHandler,
+};
 use switchyard_model::SpiffeId;
 use switchyard_protos::envoy::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod sds;
@@ -43,6 +52,8 @@ enum Command {
     // Boxed: clippy's large_enum_variant, now that `init`'s arguments are much smaller.
     /// Serve a workload certificate and the trust bundle to a local Envoy over SDS.
     SdsAgent(Box<AgentArgs>),
+    /// Run the L4 proxy: outbound capture, HBONE and plaintext inbound, admin and metrics.
+    Proxy(Box<ProxyArgs>),
     /// Install the pod's traffic capture (nftables) in the current network namespace, as
     /// an init step before the app starts; re-running replaces it.
     Init(InitArgs),
@@ -85,11 +96,10 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("`{text}` is neither a network (10.0.0.0/8) nor an address"))
 }
 
+/// How the workload gets its certificate and which identity it asks for (shared by
+/// `sds-agent` and `proxy`).
 #[derive(Debug, Args)]
-struct AgentArgs {
-    /// Unix socket Envoy's `sds-grpc` cluster points at.
-    #[arg(long)]
-    socket: PathBuf,
+struct IdentityArgs {
     /// Control plane gRPC address for certificates (15010 plaintext, or 15012 with
     /// --ca-root-file).
     #[arg(long, default_value = "127.0.0.1:15010")]
@@ -98,9 +108,6 @@ struct AgentArgs {
     /// reached in plaintext (local and development only).
     #[arg(long)]
     ca_root_file: Option<PathBuf>,
-    /// Control plane xDS address for the trust bundle (plaintext ADS).
-    #[arg(long, default_value = "127.0.0.1:15010")]
-    xds_address: SocketAddr,
     /// Bootstrap token (`yardctl token create`).
     #[arg(long, conflicts_with = "token_file")]
     token: Option<String>,
@@ -116,15 +123,61 @@ struct AgentArgs {
     /// Trust domain.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
-    /// Node id to follow the trust bundle as (the proxy's own node id).
-    #[arg(long)]
-    node_id: String,
     /// Certificate lifetime to ask for, in seconds (0: the CA's default).
     #[arg(long, default_value_t = 0)]
     ttl_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+struct AgentArgs {
+    /// Unix socket Envoy's `sds-grpc` cluster points at.
+    #[arg(long)]
+    socket: PathBuf,
+    #[command(flatten)]
+    identity: IdentityArgs,
+    /// Control plane xDS address for the trust bundle (plaintext ADS).
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds_address: SocketAddr,
+    /// Node id to follow the trust bundle as (the proxy's own node id).
+    #[arg(long)]
+    node_id: String,
     /// Prometheus metrics listen address.
     #[arg(long, default_value = "127.0.0.1:15020")]
     metrics_address: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+struct ProxyArgs {
+    #[command(flatten)]
+    identity: IdentityArgs,
+    /// Control plane xDS address (plaintext delta ADS): configuration and trust bundle.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds_address: SocketAddr,
+    /// The pod's IP.
+    #[arg(long)]
+    pod_ip: IpAddr,
+    /// The pod's name.
+    #[arg(long)]
+    pod_name: String,
+    /// Outbound capture listener (the capture redirects locally generated traffic to
+    /// 127.0.0.1).
+    #[arg(long, default_value = "0.0.0.0:15001")]
+    outbound_address: SocketAddr,
+    /// Plaintext inbound capture listener.
+    #[arg(long, default_value = "0.0.0.0:15006")]
+    inbound_address: SocketAddr,
+    /// HBONE listener.
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    hbone_address: SocketAddr,
+    /// Admin listener: /ready, /stats.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_address: SocketAddr,
+    /// Prometheus /metrics listener.
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics_address: SocketAddr,
+    /// SO_MARK set on every upstream socket (must match `init --proxy-mark`).
+    #[arg(long, default_value_t = capture::PROXY_MARK)]
+    proxy_mark: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -143,6 +196,10 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(sds_agent(*args)),
+        Command::Proxy(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(proxy(*args)),
     }
 }
 
@@ -169,7 +226,18 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
     capture::apply(&config).context("installing the traffic capture")
 }
 
-async fn sds_agent(args: AgentArgs) -> anyhow::Result<()> {
+/// The workload's identity: its SPIFFE ID, the store holding its certificate and trust
+/// bundle, and the rotation that keeps the certificate fresh (not yet running: subscribe,
+/// then spawn [`Rotation::run`]).
+struct WorkloadIdentity {
+    identity: SpiffeId,
+    store: IdentityStore,
+    rotation: Rotation,
+}
+
+/// Token → CSR → first certificate (plaintext CA) or the operator's root file (TLS CA) →
+/// [`Rotation`].
+async fn workload_identity(args: &IdentityArgs) -> anyhow::Result<WorkloadIdentity> {
     let identity = SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account);
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(t.trim().to_string()),
@@ -182,7 +250,6 @@ async fn sds_agent(args: AgentArgs) -> anyhow::Result<()> {
         (None, None) => None,
     };
     let ttl = (args.ttl_seconds > 0).then(|| Duration::from_secs(args.ttl_seconds));
-
     // The first bundle: the operator's root file, or (plaintext, development) the root at the
     // end of the first certificate chain.
     let (store, client) = match &args.ca_root_file {
@@ -225,6 +292,40 @@ async fn sds_agent(args: AgentArgs) -> anyhow::Result<()> {
         }
     };
 
+    let rotation = Rotation::new(
+        store.clone(),
+        client,
+        identity.clone(),
+        RotationPolicy {
+            ttl,
+            ..Default::default()
+        },
+    );
+    Ok(WorkloadIdentity {
+        identity,
+        store,
+        rotation,
+    })
+}
+
+/// Follows the trust bundle over plaintext ADS at `xds_address` as `node_id`, into `store`.
+fn spawn_bundle_follower(xds_address: SocketAddr, node_id: String, store: IdentityStore) {
+    let mut node = ads_node(
+        node_id,
+        "switchyard-sidecar",
+        env!("CARGO_PKG_VERSION"),
+        [("DATAPLANE_KIND".to_string(), "sds-agent".to_string())],
+    );
+    node.cluster = "switchyard-sds-agent".into();
+    tokio::spawn(follow_bundle(xds_address.to_string(), node, store));
+}
+
+async fn sds_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let WorkloadIdentity {
+        identity,
+        store,
+        rotation,
+    } = workload_identity(&args.identity).await?;
     let mut registry = Registry::default();
     let metrics = sds::SdsMetrics::default();
     registry.register(
@@ -244,15 +345,6 @@ async fn sds_agent(args: AgentArgs) -> anyhow::Result<()> {
         rotations.clone(),
     );
 
-    let rotation = Rotation::new(
-        store.clone(),
-        client,
-        identity.clone(),
-        RotationPolicy {
-            ttl,
-            ..Default::default()
-        },
-    );
     let certs = rotation.subscribe();
     let mut counted = rotation.subscribe();
     tokio::spawn(async move {
@@ -261,18 +353,7 @@ async fn sds_agent(args: AgentArgs) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(rotation.run());
-    let mut node = ads_node(
-        args.node_id.clone(),
-        "switchyard-sidecar",
-        env!("CARGO_PKG_VERSION"),
-        [("DATAPLANE_KIND".to_string(), "sds-agent".to_string())],
-    );
-    node.cluster = "switchyard-sds-agent".into();
-    tokio::spawn(follow_bundle(
-        args.xds_address.to_string(),
-        node,
-        store.clone(),
-    ));
+    spawn_bundle_follower(args.xds_address, args.node_id.clone(), store.clone());
 
     let registry = Arc::new(registry);
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_address)
@@ -314,5 +395,184 @@ async fn sds_agent(args: AgentArgs) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;
     let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}
+
+/// `proxy`: identity, configuration, then the listeners. Listeners are bound at once (so
+/// a port clash fails the start) but accept only once the first configuration snapshot is
+/// in; connections wait in the backlog meanwhile.
+async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let WorkloadIdentity {
+        identity,
+        store,
+        rotation,
+    } = workload_identity(&args.identity).await?;
+    let rotations = Counter::<u64>::default();
+    let mut counted = rotation.subscribe();
+    {
+        let rotations = rotations.clone();
+        tokio::spawn(async move {
+            while counted.changed().await.is_ok() {
+                rotations.inc();
+            }
+        });
+    }
+    tokio::spawn(rotation.run());
+
+    let node = SidecarNode::new(
+        args.pod_ip,
+        args.pod_name.clone(),
+        args.identity.namespace.clone(),
+        args.identity.service_account.clone(),
+    );
+    spawn_bundle_follower(args.xds_address, node.node_id(), store.clone());
+    let channel = control_plane_channel(args.xds_address, &CaTransport::Plaintext)?;
+    let (follower, config) = Follower::new(
+        channel,
+        node.to_node().context("building the xDS node")?,
+        FollowerOptions::default(),
+    );
+    tokio::spawn(follower.run());
+
+    let settings = ProxySettings {
+        pod_ip: args.pod_ip,
+        trust_domain: args.identity.trust_domain.clone(),
+        mark: args.proxy_mark,
+        connect_timeout: Duration::from_secs(5),
+        copy: CopyConfig::default(),
+        own_ports: vec![
+            args.outbound_address.port(),
+            args.inbound_address.port(),
+            args.hbone_address.port(),
+            args.admin_address.port(),
+            args.metrics_address.port(),
+        ],
+    };
+    let metrics = ProxyMetrics::default();
+    let hbone_client = HboneClient::new(&store);
+    let hbone_server = HboneServer::new(&store, TunnelHandler::new(&settings, metrics.clone()));
+    let hbone_server_stats = hbone_server.stats();
+    let proxy = Proxy::new(settings, config.clone(), hbone_client, metrics.clone());
+
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for {what}"))
+    };
+    let outbound = bind(args.outbound_address, "outbound capture").await?;
+    let inbound = bind(args.inbound_address, "inbound capture").await?;
+    let hbone = bind(args.hbone_address, "HBONE").await?;
+    let admin = bind(args.admin_address, "admin").await?;
+    let metrics_listener = bind(args.metrics_address, "metrics").await?;
+
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    registry.register(
+        "switchyard_sidecar_certificate_rotations",
+        "certificates installed",
+        rotations,
+    );
+    let registry = Arc::new(registry);
+    tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut out = String::new();
+                    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+                    out
+                }
+            }),
+        );
+        let _ = axum::serve(metrics_listener, app).await;
+    });
+
+    let admin_app = {
+        let ready_config = config.clone();
+        let ready_store = store.clone();
+        let stats_proxy = proxy.clone();
+        let stats_config = config.clone();
+        axum::Router::new()
+            .route(
+                "/ready",
+                axum::routing::get(move || {
+                    let config_ready = ready_config.is_ready();
+                    let cert = ready_store.certificate().is_some();
+                    async move {
+                        let code = if config_ready && cert {
+                            axum::http::StatusCode::OK
+                        } else {
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        (
+                            code,
+                            format!("config_ready: {config_ready}\ncertificate: {cert}\n"),
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/stats",
+                axum::routing::get(move || {
+                    let mut out = String::new();
+                    stats_proxy.metrics().render(&mut out);
+                    let client = stats_proxy.hbone().stats().snapshot();
+                    let server = hbone_server_stats.snapshot();
+                    let _ = writeln!(out, "hbone_client: {client:?}");
+                    let _ = writeln!(
+                        out,
+                        "hbone_client_pooled: {}",
+                        stats_proxy.hbone().pooled_connections()
+                    );
+                    let _ = writeln!(out, "hbone_server: {server:?}");
+                    let status = stats_config.status();
+                    let _ = writeln!(
+                        out,
+                        "xds: connected={} streams={} acks={} nacks={} config_version={}",
+                        status.connected,
+                        status.streams,
+                        status.acks,
+                        status.nacks,
+                        stats_config.current().map_or(0, |c| c.version())
+                    );
+                    async move { out }
+                }),
+            )
+    };
+    tokio::spawn(async move {
+        let _ = axum::serve(admin, admin_app).await;
+    });
+
+    tokio::spawn(proxy.clone().follow_endpoints());
+    tokio::spawn(proxy.clone().serve_outbound(outbound));
+    tokio::spawn(proxy.clone().serve_inbound_plaintext(inbound));
+    let shutdown = CancellationToken::new();
+    let hbone_task = {
+        let shutdown = shutdown.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            if config.ready().await.is_some() {
+                hbone_server.serve(hbone, shutdown).await;
+            }
+        })
+    };
+    info!(
+        %identity,
+        pod_ip = %args.pod_ip,
+        outbound = %args.outbound_address,
+        inbound = %args.inbound_address,
+        hbone = %args.hbone_address,
+        "proxy started; accepting once the configuration is ready"
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("shutting down: draining HBONE tunnels");
+    shutdown.cancel();
+    let _ = hbone_task.await;
     Ok(())
 }

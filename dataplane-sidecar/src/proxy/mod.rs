@@ -9,6 +9,8 @@
 //! - [`circuit`]: circuit-breaker counters with RAII guards and a typed refusal.
 //! - [`copy`]: opaque TCP, bytes copied both ways with half-close and an idle timeout.
 //! - [`clock`]: the time source the stateful blocks read, replaceable in tests.
+//! - [`server`]: the exception to the rule above: the L4 proxy wiring the blocks to the
+//!   listeners and the configuration (outbound capture, HBONE inbound, plaintext inbound).
 //!
 //! None of them owns sockets' lifecycles, metrics registries or configuration: callers read
 //! their counters and export them under their own metric names.
@@ -20,3 +22,4 @@ pub mod copy;
 pub mod detect;
 pub mod original_dst;
 pub mod retry;
+pub mod server;

@@ -1,0 +1,637 @@
+//! The L4 proxy: the sidecar's listeners wired to its configuration.
+//!
+//! - Outbound capture (15001): original destination → [`SidecarConfig::outbound`] → an
+//!   endpoint of the cluster picked by that cluster's [`Balancer`] → HBONE (mTLS endpoints)
+//!   or plain TCP carrying the proxy mark; passthrough goes to the original destination.
+//!   HTTP chains are treated as opaque TCP for now: the cluster is the one the route
+//!   configuration's virtual host for `<dst ip>:<port>` forwards to, and no request is parsed.
+//! - HBONE (15008): [`TunnelHandler`] lets peers of our trust domain reach this pod's own IP.
+//! - Plaintext inbound capture (15006): forwarded to the original destination only when
+//!   [`SidecarConfig::inbound`] says the port is PERMISSIVE or DISABLE.
+//!
+//! Listeners are bound at once but accept only after the first configuration snapshot
+//! (connections wait in the backlog meanwhile), so nothing is ever routed without
+//! configuration. Every upstream socket carries `SO_MARK` so the capture lets it go.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use nix::sys::socket::{setsockopt, sockopt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use rand::Rng as _;
+use switchyard_dataplane_runtime::hbone::{
+    HBONE_PORT, HboneClient, HboneError, InboundHandler, Peer, Refusal, TargetStream,
+};
+use switchyard_dataplane_runtime::tls::Expected;
+use switchyard_model::MtlsMode;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use super::balance::{Balancer, BalancerConfig, EndpointSpec, Outcome};
+use super::copy::{CopyConfig, CopyError, CopyStats, copy_bidirectional};
+use super::original_dst::{OriginalDstError, original_dst};
+use crate::config::route::RouteAction;
+use crate::config::{ConfigReader, Outbound, SidecarConfig, Transport};
+
+/// Settings of a [`Proxy`].
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// The pod's IP: the only inbound target, and the HBONE address of our own endpoints.
+    pub pod_ip: IpAddr,
+    /// Our trust domain: HBONE peers must belong to it.
+    pub trust_domain: String,
+    /// `SO_MARK` on every upstream socket ([`crate::capture::PROXY_MARK`]).
+    pub mark: u32,
+    /// Limit for a plain TCP connect upstream.
+    pub connect_timeout: Duration,
+    /// Byte copying.
+    pub copy: CopyConfig,
+    /// Ports the proxy itself listens on: a connection whose original destination is one of
+    /// them (on a local address) is a capture loop.
+    pub own_ports: Vec<u16>,
+}
+
+impl ProxySettings {
+    /// Whether `dst` is one of the proxy's own listeners (a capture loop).
+    pub fn is_own_listener(&self, dst: SocketAddr) -> bool {
+        let ip = dst.ip();
+        self.own_ports.contains(&dst.port())
+            && (ip.is_loopback() || ip.is_unspecified() || ip == self.pod_ip)
+    }
+}
+
+/// Counters of the proxy, exported on `/stats` and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyMetrics {
+    /// Outbound connections accepted.
+    pub outbound_accepted: Counter,
+    /// Outbound connections carried over HBONE.
+    pub outbound_hbone: Counter,
+    /// Outbound connections carried over plain TCP to a cluster endpoint.
+    pub outbound_plaintext: Counter,
+    /// Outbound connections passed through to their original destination.
+    pub outbound_passthrough: Counter,
+    /// Outbound connections refused as capture loops.
+    pub outbound_loops: Counter,
+    /// Outbound connections no configuration matched.
+    pub outbound_no_route: Counter,
+    /// Outbound connections that failed (no endpoint, connect or copy failure).
+    pub outbound_failed: Counter,
+    /// Outbound connections to an HTTP chain, carried as opaque TCP.
+    pub outbound_http_as_tcp: Counter,
+    /// Plaintext inbound connections accepted.
+    pub inbound_plaintext_accepted: Counter,
+    /// Plaintext inbound connections forwarded to the app.
+    pub inbound_plaintext_forwarded: Counter,
+    /// Plaintext inbound connections closed because the port is STRICT.
+    pub inbound_strict_refused: Counter,
+    /// Plaintext inbound connections closed because no inbound configuration covers the port.
+    pub inbound_unconfigured_refused: Counter,
+    /// Plaintext inbound connections that failed (connect or copy).
+    pub inbound_plaintext_failed: Counter,
+    /// HBONE tunnels refused by the inbound handler.
+    pub inbound_hbone_refused: Counter,
+    /// HBONE tunnels connected to the app.
+    pub inbound_hbone_forwarded: Counter,
+}
+
+impl ProxyMetrics {
+    /// Name (without `switchyard_sidecar_` and `_total`), help and counter of each.
+    fn each(&self) -> [(&'static str, &'static str, &Counter); 15] {
+        [
+            (
+                "outbound_accepted",
+                "outbound connections accepted",
+                &self.outbound_accepted,
+            ),
+            (
+                "outbound_hbone",
+                "outbound connections carried over HBONE",
+                &self.outbound_hbone,
+            ),
+            (
+                "outbound_plaintext",
+                "outbound connections carried over plain TCP to a cluster endpoint",
+                &self.outbound_plaintext,
+            ),
+            (
+                "outbound_passthrough",
+                "outbound connections passed through to their original destination",
+                &self.outbound_passthrough,
+            ),
+            (
+                "outbound_loops",
+                "outbound connections refused as capture loops",
+                &self.outbound_loops,
+            ),
+            (
+                "outbound_no_route",
+                "outbound connections no configuration matched",
+                &self.outbound_no_route,
+            ),
+            (
+                "outbound_failed",
+                "outbound connections that failed",
+                &self.outbound_failed,
+            ),
+            (
+                "outbound_http_as_tcp",
+                "outbound HTTP connections carried as opaque TCP",
+                &self.outbound_http_as_tcp,
+            ),
+            (
+                "inbound_plaintext_accepted",
+                "plaintext inbound connections accepted",
+                &self.inbound_plaintext_accepted,
+            ),
+            (
+                "inbound_plaintext_forwarded",
+                "plaintext inbound connections forwarded to the app",
+                &self.inbound_plaintext_forwarded,
+            ),
+            (
+                "inbound_strict_refused",
+                "plaintext inbound connections closed on a STRICT port",
+                &self.inbound_strict_refused,
+            ),
+            (
+                "inbound_unconfigured_refused",
+                "plaintext inbound connections closed on a port without inbound configuration",
+                &self.inbound_unconfigured_refused,
+            ),
+            (
+                "inbound_plaintext_failed",
+                "plaintext inbound connections that failed",
+                &self.inbound_plaintext_failed,
+            ),
+            (
+                "inbound_hbone_refused",
+                "HBONE tunnels refused",
+                &self.inbound_hbone_refused,
+            ),
+            (
+                "inbound_hbone_forwarded",
+                "HBONE tunnels connected to the app",
+                &self.inbound_hbone_forwarded,
+            ),
+        ]
+    }
+
+    /// Registers every counter as `switchyard_sidecar_<name>` (a `_total` is appended).
+    pub fn register(&self, registry: &mut Registry) {
+        for (name, help, counter) in self.each() {
+            registry.register(format!("switchyard_sidecar_{name}"), help, counter.clone());
+        }
+    }
+
+    /// `name: value` lines, for `/stats`.
+    pub fn render(&self, out: &mut String) {
+        for (name, _, counter) in self.each() {
+            let _ = writeln!(out, "{name}: {}", counter.get());
+        }
+    }
+}
+
+/// Why a connection ended without being proxied, or failed while proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// The capture did not leave an original destination.
+    #[error("no original destination: {0}")]
+    OriginalDst(#[from] OriginalDstError),
+    /// The original destination is the proxy itself.
+    #[error(
+        "connection to the proxy's own port {0} refused as a capture loop (does the capture exempt the proxy mark?)"
+    )]
+    Loop(SocketAddr),
+    /// No outbound chain matches.
+    #[error("no outbound configuration matches {0}")]
+    NoRoute(SocketAddr),
+    /// The cluster has no endpoint to pick.
+    #[error("cluster {cluster} has no endpoints")]
+    NoEndpoints {
+        /// The cluster.
+        cluster: String,
+    },
+    /// Plain TCP connect failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// Where to.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The HBONE tunnel could not be opened.
+    #[error("hbone tunnel to {target} via {via} failed: {source} (is port 15008 blocked?)")]
+    Hbone {
+        /// The endpoint.
+        target: SocketAddr,
+        /// Its HBONE server.
+        via: SocketAddr,
+        /// Why.
+        #[source]
+        source: Box<HboneError>,
+    },
+    /// The inbound port is STRICT: plaintext is not allowed.
+    #[error("port {0} requires mTLS (STRICT); plaintext connection closed")]
+    Strict(u16),
+    /// No inbound configuration covers the port.
+    #[error("no inbound configuration for port {0}; plaintext connection closed")]
+    Unconfigured(u16),
+    /// Copying failed.
+    #[error(transparent)]
+    Copy(#[from] CopyError),
+}
+
+/// Connects to `addr` from a socket marked with `mark` (`SO_MARK`, needs `CAP_NET_ADMIN`), so
+/// the pod's capture does not redirect it back to the proxy.
+pub async fn connect_marked(
+    addr: SocketAddr,
+    mark: u32,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    setsockopt(&socket, sockopt::Mark, &mark).map_err(io::Error::from)?;
+    let stream = tokio::time::timeout(timeout, socket.connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// What the plaintext inbound listener does with a connection to `port`.
+pub fn inbound_plaintext_allowed(config: &SidecarConfig, port: u16) -> Result<(), ConnectionError> {
+    match config.inbound(port).map(|p| p.mode) {
+        Some(MtlsMode::Permissive | MtlsMode::Disable) => Ok(()),
+        Some(MtlsMode::Strict) => Err(ConnectionError::Strict(port)),
+        None => Err(ConnectionError::Unconfigured(port)),
+    }
+}
+
+/// The HBONE inbound handler: peers of our trust domain may reach this pod's own IP (no
+/// authorization policy yet); the app is dialed with the proxy mark.
+#[derive(Debug, Clone)]
+pub struct TunnelHandler {
+    pod_ip: IpAddr,
+    trust_domain: String,
+    mark: u32,
+    connect_timeout: Duration,
+    metrics: ProxyMetrics,
+}
+
+impl TunnelHandler {
+    /// A handler for the pod at `settings.pod_ip`.
+    pub fn new(settings: &ProxySettings, metrics: ProxyMetrics) -> Self {
+        TunnelHandler {
+            pod_ip: settings.pod_ip,
+            trust_domain: settings.trust_domain.clone(),
+            mark: settings.mark,
+            connect_timeout: settings.connect_timeout,
+            metrics,
+        }
+    }
+
+    fn check(&self, peer: &Peer, target: SocketAddr) -> Result<(), Refusal> {
+        if peer.identity.trust_domain != self.trust_domain {
+            return Err(Refusal::new(format!(
+                "peer {} is not in trust domain {}",
+                peer.identity, self.trust_domain
+            )));
+        }
+        if target.ip() != self.pod_ip {
+            return Err(Refusal::new(format!(
+                "target {target} is not this pod ({}); the sidecar only serves its own pod",
+                self.pod_ip
+            )));
+        }
+        if target.port() == HBONE_PORT {
+            return Err(Refusal::new("tunnels to the HBONE port itself are refused"));
+        }
+        Ok(())
+    }
+}
+
+impl InboundHandler for TunnelHandler {
+    async fn authorize(&self, peer: &Peer, target: SocketAddr) -> Result<(), Refusal> {
+        let decision = self.check(peer, target);
+        if let Err(refusal) = &decision {
+            self.metrics.inbound_hbone_refused.inc();
+            info!(identity = %peer.identity, %target, reason = %refusal, "hbone tunnel refused");
+        }
+        decision
+    }
+
+    async fn connect(&self, _peer: &Peer, target: SocketAddr) -> io::Result<Box<dyn TargetStream>> {
+        let stream = connect_marked(target, self.mark, self.connect_timeout).await?;
+        self.metrics.inbound_hbone_forwarded.inc();
+        Ok(Box::new(stream))
+    }
+}
+
+/// The proxy: configuration, per-cluster balancers, the HBONE client and counters. Shared as
+/// `Arc<Proxy>` by the listeners.
+#[derive(Debug)]
+pub struct Proxy {
+    settings: ProxySettings,
+    config: ConfigReader,
+    hbone: HboneClient,
+    /// One balancer per cluster; written only by [`Proxy::follow_endpoints`].
+    balancers: ArcSwap<HashMap<String, Balancer>>,
+    metrics: ProxyMetrics,
+}
+
+impl Proxy {
+    /// A proxy reading `config`, tunnelling with `hbone`.
+    pub fn new(
+        settings: ProxySettings,
+        config: ConfigReader,
+        hbone: HboneClient,
+        metrics: ProxyMetrics,
+    ) -> Arc<Self> {
+        Arc::new(Proxy {
+            settings,
+            config,
+            hbone,
+            balancers: ArcSwap::from_pointee(HashMap::new()),
+            metrics,
+        })
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &ProxyMetrics {
+        &self.metrics
+    }
+
+    /// The HBONE client (for its stats).
+    pub fn hbone(&self) -> &HboneClient {
+        &self.hbone
+    }
+
+    /// Keeps one balancer per cluster in step with the configuration; the single writer of
+    /// the balancer map. Runs until the follower is gone.
+    pub async fn follow_endpoints(self: Arc<Self>) {
+        let mut rx = self.config.subscribe();
+        loop {
+            let config = rx.borrow_and_update().clone();
+            if let Some(config) = config {
+                self.update_balancers(&config);
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn update_balancers(&self, config: &SidecarConfig) {
+        let old = self.balancers.load();
+        let mut next = HashMap::with_capacity(config.clusters().len());
+        for name in config.clusters().keys() {
+            let specs: Vec<EndpointSpec> = config
+                .endpoints(name)
+                .map(|eps| {
+                    eps.iter()
+                        .filter(|(_, e)| e.health.is_healthy())
+                        .map(|(_, e)| EndpointSpec::weighted(e.address, e.weight))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let balancer = old
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| Balancer::new(BalancerConfig::default()));
+            balancer.set_endpoints(&specs);
+            next.insert(name.clone(), balancer);
+        }
+        debug!(
+            clusters = next.len(),
+            version = config.version(),
+            "balancers updated"
+        );
+        self.balancers.store(Arc::new(next));
+    }
+
+    /// Serves captured outbound connections on `listener`, once configuration is ready.
+    pub async fn serve_outbound(self: Arc<Self>, listener: TcpListener) {
+        if self.config.ready().await.is_none() {
+            return;
+        }
+        info!(addr = ?listener.local_addr().ok(), "outbound listener accepting");
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            self.metrics.outbound_accepted.inc();
+            let proxy = self.clone();
+            let span = info_span!("outbound", %peer);
+            tokio::spawn(
+                async move {
+                    if let Err(e) = proxy.outbound(stream).await {
+                        let counter = match &e {
+                            ConnectionError::Loop(_) => &proxy.metrics.outbound_loops,
+                            ConnectionError::NoRoute(_) => &proxy.metrics.outbound_no_route,
+                            _ => &proxy.metrics.outbound_failed,
+                        };
+                        counter.inc();
+                        warn!(error = %e, "outbound connection failed");
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    async fn outbound(&self, mut client: TcpStream) -> Result<(), ConnectionError> {
+        client.set_nodelay(true).ok();
+        let dst = original_dst(&client)?;
+        if self.settings.is_own_listener(dst) {
+            return Err(ConnectionError::Loop(dst));
+        }
+        // The runtime's HBONE client does not mark its sockets yet, so its own dials to
+        // peers' port 15008 come back through the capture: send them on unchanged.
+        if dst.port() == HBONE_PORT {
+            return self.passthrough(client, dst).await;
+        }
+        let config = self.config.current().ok_or(ConnectionError::NoRoute(dst))?;
+        let cluster = match config.outbound(dst) {
+            None => return Err(ConnectionError::NoRoute(dst)),
+            Some(Outbound::Passthrough { .. }) => return self.passthrough(client, dst).await,
+            Some(Outbound::Tcp { proxy, .. }) => proxy.cluster.clone(),
+            Some(Outbound::Http { routes, .. }) => {
+                self.metrics.outbound_http_as_tcp.inc();
+                let host = dst.to_string();
+                let backends = routes.and_then(|r| r.virtual_host(&host)).and_then(|vh| {
+                    vh.routes.iter().find_map(|r| match &r.action {
+                        RouteAction::Forward(f) => Some(&f.backends),
+                        RouteAction::DirectResponse(_) => None,
+                    })
+                });
+                match backends {
+                    Some(b) => b.pick(rand::rng().random()).to_string(),
+                    // No route for the VIP: as Envoy's PassthroughCluster would.
+                    None => return self.passthrough(client, dst).await,
+                }
+            }
+        };
+        let balancer = self
+            .balancers
+            .load()
+            .get(&cluster)
+            .cloned()
+            .ok_or_else(|| ConnectionError::NoEndpoints {
+                cluster: cluster.clone(),
+            })?;
+        let mut pick =
+            balancer
+                .pick(&mut rand::rng())
+                .ok_or_else(|| ConnectionError::NoEndpoints {
+                    cluster: cluster.clone(),
+                })?;
+        let addr = pick.addr();
+        let transport = config.endpoints(&cluster).and_then(|eps| {
+            eps.iter()
+                .find(|(_, e)| e.address == addr)
+                .map(|(_, e)| e.transport.clone())
+        });
+        let stats = CopyStats::default();
+        match transport {
+            Some(Transport::Hbone(mtls)) => {
+                let via = SocketAddr::new(addr.ip(), HBONE_PORT);
+                let expected = mtls
+                    .expected()
+                    .unwrap_or_else(|| Expected::TrustDomain(self.settings.trust_domain.clone()));
+                let mut upstream = match self.hbone.connect(addr, via, expected).await {
+                    Ok(s) => s,
+                    Err(source) => {
+                        pick.record(Outcome::ConnectFailure);
+                        return Err(ConnectionError::Hbone {
+                            target: addr,
+                            via,
+                            source: Box::new(source),
+                        });
+                    }
+                };
+                pick.record(Outcome::Success);
+                self.metrics.outbound_hbone.inc();
+                debug!(%dst, %cluster, endpoint = %addr, "outbound over hbone");
+                copy_bidirectional(&mut client, &mut upstream, &self.settings.copy, &stats).await?;
+            }
+            _ => {
+                let mut upstream = match self.connect(addr).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        pick.record(Outcome::ConnectFailure);
+                        return Err(e);
+                    }
+                };
+                pick.record(Outcome::Success);
+                self.metrics.outbound_plaintext.inc();
+                debug!(%dst, %cluster, endpoint = %addr, "outbound over plain tcp");
+                copy_bidirectional(&mut client, &mut upstream, &self.settings.copy, &stats).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ConnectionError> {
+        connect_marked(addr, self.settings.mark, self.settings.connect_timeout)
+            .await
+            .map_err(|source| ConnectionError::Connect { addr, source })
+    }
+
+    async fn passthrough(
+        &self,
+        mut client: TcpStream,
+        dst: SocketAddr,
+    ) -> Result<(), ConnectionError> {
+        let mut upstream = self.connect(dst).await?;
+        self.metrics.outbound_passthrough.inc();
+        debug!(%dst, "outbound passthrough");
+        copy_bidirectional(
+            &mut client,
+            &mut upstream,
+            &self.settings.copy,
+            &CopyStats::default(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Serves captured plaintext inbound connections on `listener`, once configuration is
+    /// ready.
+    pub async fn serve_inbound_plaintext(self: Arc<Self>, listener: TcpListener) {
+        if self.config.ready().await.is_none() {
+            return;
+        }
+        info!(addr = ?listener.local_addr().ok(), "plaintext inbound listener accepting");
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "inbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            self.metrics.inbound_plaintext_accepted.inc();
+            let proxy = self.clone();
+            let span = info_span!("inbound_plaintext", %peer);
+            tokio::spawn(
+                async move {
+                    if let Err(e) = proxy.inbound_plaintext(stream).await {
+                        let counter = match &e {
+                            ConnectionError::Strict(_) => &proxy.metrics.inbound_strict_refused,
+                            ConnectionError::Unconfigured(_) => {
+                                &proxy.metrics.inbound_unconfigured_refused
+                            }
+                            _ => &proxy.metrics.inbound_plaintext_failed,
+                        };
+                        counter.inc();
+                        info!(error = %e, "plaintext inbound connection closed");
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    async fn inbound_plaintext(&self, mut client: TcpStream) -> Result<(), ConnectionError> {
+        client.set_nodelay(true).ok();
+        let dst = original_dst(&client)?;
+        if self.settings.is_own_listener(dst) {
+            return Err(ConnectionError::Loop(dst));
+        }
+        let config = self
+            .config
+            .current()
+            .ok_or(ConnectionError::Unconfigured(dst.port()))?;
+        inbound_plaintext_allowed(&config, dst.port())?;
+        let mut upstream = self.connect(dst).await?;
+        self.metrics.inbound_plaintext_forwarded.inc();
+        copy_bidirectional(
+            &mut client,
+            &mut upstream,
+            &self.settings.copy,
+            &CopyStats::default(),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

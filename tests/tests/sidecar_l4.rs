@@ -1,0 +1,214 @@
+//! `switchyard-sidecar proxy` end to end at L4, as root, in one private network namespace
+//! that holds both "pods": loopback carries the client pod's IP (10.244.0.5) and
+//! the server pod's (10.244.0.11); the control plane runs in process on loopback.
+//!
+//! The client's connection to the `echo` Service VIP is captured (an nftables rule standing
+//! in for `switchyard-sidecar init`, which would capture the server proxy's traffic too,
+//! both sharing one namespace here), the client proxy picks the echo endpoint, opens an
+//! HBONE tunnel to the server proxy's port 15008, which dials the echo app with the proxy
+//! mark. The echo answer must come from the app and name the server pod's IP as the caller
+//! (the server sidecar dialed it); no identity is forwarded yet (L4).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use switchyard_test_support::echo_process::{EchoProcess, workspace_binary};
+use switchyard_test_support::eventually::eventually;
+use switchyard_test_support::manifests::{http as http_port, namespace, pod, service, tcp};
+use switchyard_test_support::netns;
+use switchyard_tests::{ControlPlane, http};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const CLIENT_IP: &str = "10.244.0.5";
+const SERVER_IP: &str = "10.244.0.11";
+const VIP: &str = "10.96.0.10";
+const WAIT: Duration = Duration::from_secs(20);
+
+struct ProxyProcess {
+    child: tokio::process::Child,
+    log: PathBuf,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    /// Starts the proxy of pod `name` at `ip`, with its loopback listeners on `lo_ip`.
+    fn start(cp: &ControlPlane, name: &str, sa: &str, ip: &str, lo_ip: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix("proxy").tempdir().unwrap();
+        let log = dir.path().join("proxy.log");
+        let token = switchyard_ca::token::TokenAuthority::load_or_create(cp.ca_dir.path())
+            .unwrap()
+            .create("default", sa, None, Duration::from_secs(3600));
+        let admin: SocketAddr = format!("{lo_ip}:15000").parse().unwrap();
+        let child = tokio::process::Command::new(workspace_binary("switchyard-sidecar").unwrap())
+            .args(["proxy", "--token", &token, "--namespace", "default"])
+            .args(["--service-account", sa, "--pod-name", name, "--pod-ip", ip])
+            .args(["--ca-address", &cp.xds().to_string()])
+            .args(["--xds-address", &cp.xds().to_string()])
+            .args(["--outbound-address", &format!("{lo_ip}:15001")])
+            .args(["--inbound-address", &format!("{ip}:15006")])
+            .args(["--hbone-address", &format!("{ip}:15008")])
+            .args(["--admin-address", &admin.to_string()])
+            .args(["--metrics-address", &format!("{lo_ip}:15020")])
+            .env("RUST_LOG", "info,switchyard_dataplane_sidecar=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting switchyard-sidecar proxy");
+        ProxyProcess {
+            child,
+            log,
+            admin,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+async fn get_via_vip(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .map_err(|_| std::io::Error::other("no answer in 5 s"))??;
+    Ok(out)
+}
+
+#[test]
+fn client_reaches_the_echo_vip_through_both_proxies_over_hbone() {
+    if !netns::is_root() {
+        eprintln!(
+            "SKIPPED client_reaches_the_echo_vip_through_both_proxies_over_hbone: needs root (network namespace, nftables, SO_MARK)"
+        );
+        return;
+    }
+    netns::enter_private().unwrap();
+    for cmd in [
+        "addr add 10.244.0.5/32 dev lo",
+        "addr add 10.244.0.11/32 dev lo",
+        "route add 10.96.0.0/16 dev lo",
+    ] {
+        netns::run("ip", &cmd.split(' ').collect::<Vec<_>>()).unwrap();
+    }
+    // Capture of the client app only: VIP traffic to the outbound listener, the proxies'
+    // own (marked) sockets exempt.
+    netns::nft(
+        "table inet sidecar_l4_test {
+           chain output {
+             type nat hook output priority -100; policy accept;
+             meta mark 1337 return
+             ip daddr 10.96.0.0/16 meta l4proto tcp redirect to :15001
+           }
+         }",
+    )
+    .unwrap();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run());
+}
+
+async fn run() {
+    let cp = ControlPlane::start(&[(
+        "mesh.yaml",
+        vec![
+            namespace("default", Some("sidecar")),
+            service(
+                "default",
+                "echo",
+                VIP,
+                &[tcp(7070, 18080), http_port(8080, 18080)],
+            ),
+            pod("default", "client-0", "client", CLIENT_IP),
+            pod("default", "echo-1", "echo", SERVER_IP),
+        ],
+    )])
+    .await
+    .unwrap();
+    let _echo = EchoProcess::start(
+        "echo-1",
+        Some(format!("{SERVER_IP}:18080").parse().unwrap()),
+        None,
+    )
+    .await
+    .unwrap();
+    let server = ProxyProcess::start(&cp, "echo-1", "echo", SERVER_IP, "127.0.0.2");
+    let client = ProxyProcess::start(&cp, "client-0", "client", CLIENT_IP, "127.0.0.1");
+
+    for p in [&server, &client] {
+        eventually(WAIT, "the proxy to be ready", || async {
+            match http(p.admin, "GET", "/ready").await {
+                Ok((200, _)) => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+    }
+
+    // opaque TCP port, then an HTTP port (carried as opaque TCP for now)
+    for (port, proxied_as) in [
+        (7070, "outbound_hbone: 1"),
+        (8080, "outbound_http_as_tcp: 1"),
+    ] {
+        let vip: SocketAddr = format!("{VIP}:{port}").parse().unwrap();
+        let answer = tokio::time::timeout(
+            WAIT,
+            eventually(WAIT, "an echo answer through the proxies", || async {
+                get_via_vip(vip)
+                    .await
+                    .ok()
+                    .filter(|a| a.starts_with("HTTP/1.1 200"))
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no answer\n--- client proxy ---\n{}\n--- server proxy ---\n{}",
+                client.log(),
+                server.log()
+            )
+        });
+        let body = answer.split("\r\n\r\n").nth(1).unwrap();
+        let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(echo["backend"], "echo-1", "{answer}");
+        // the server sidecar dialed the app from the pod's own IP
+        let caller = echo["caller"].as_str().unwrap();
+        assert!(caller.starts_with(&format!("{SERVER_IP}:")), "{answer}");
+        // L4 only: no identity is forwarded to the app yet
+        assert!(echo["identity"].is_null(), "{answer}");
+        let (_, stats) = http(client.admin, "GET", "/stats").await.unwrap();
+        assert!(stats.contains(proxied_as), "{stats}\n{}", client.log());
+    }
+
+    let (_, client_stats) = http(client.admin, "GET", "/stats").await.unwrap();
+    assert!(client_stats.contains("outbound_hbone: 2"), "{client_stats}");
+    assert!(
+        client_stats.contains("outbound_failed: 0"),
+        "{client_stats}"
+    );
+    let (_, server_stats) = http(server.admin, "GET", "/stats").await.unwrap();
+    assert!(
+        server_stats.contains("inbound_hbone_forwarded: 2"),
+        "{server_stats}\n{}",
+        server.log()
+    );
+    let (code, metrics) = http("127.0.0.1:15020".parse().unwrap(), "GET", "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("switchyard_sidecar_outbound_hbone_total 2"),
+        "{metrics}"
+    );
+    drop((client.child, server.child));
+}
