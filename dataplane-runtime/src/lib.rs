@@ -7,6 +7,7 @@
 pub mod ads_client;
 pub mod hbone;
 pub mod identity;
+pub mod net;
 pub mod tls;
 pub mod xds;
 

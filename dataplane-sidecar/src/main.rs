@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use switchyard_dataplane_runtime::ads_client::ads_node;
-use switchyard_dataplane_runtime::hbone::{HboneClient, HboneServer};
+use switchyard_dataplane_runtime::hbone::{HboneClient, HboneClientConfig, HboneServer};
 use switchyard_dataplane_runtime::identity::{
     CaClient, CaTransport, Rotation, RotationPolicy, control_plane_channel, control_plane_identity,
     generate_csr,
@@ -449,7 +449,14 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         ],
     };
     let metrics = ProxyMetrics::default();
-    let hbone_client = HboneClient::new(&store);
+    // Marked like every upstream socket of the proxy, so the pod's capture lets it through.
+    let hbone_client = HboneClient::with_config(
+        &store,
+        HboneClientConfig {
+            mark: Some(args.proxy_mark),
+            ..HboneClientConfig::default()
+        },
+    );
     let hbone_server = HboneServer::new(&store, TunnelHandler::new(&settings, metrics.clone()));
     let hbone_server_stats = hbone_server.stats();
     let proxy = Proxy::new(settings, config.clone(), hbone_client, metrics.clone());

@@ -43,6 +43,9 @@ pub struct HboneClientConfig {
     /// A pooled connection that has carried no tunnel for this long is closed (a node proxy
     /// talks to many peers); `None` keeps idle connections until the peer closes them.
     pub idle_timeout: Option<Duration>,
+    /// `SO_MARK` for the client's TCP connections (a sidecar's capture rules let marked
+    /// sockets through); `None` leaves them unmarked.
+    pub mark: Option<u32>,
 }
 
 impl Default for HboneClientConfig {
@@ -53,6 +56,7 @@ impl Default for HboneClientConfig {
             keepalive_interval: Some(Duration::from_secs(30)),
             keepalive_timeout: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(300)),
+            mark: None,
         }
     }
 }

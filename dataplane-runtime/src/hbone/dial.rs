@@ -182,10 +182,12 @@ impl Dial {
 
     async fn handshake(self) -> Result<Conn, DialError> {
         let via = self.key.via;
-        let tcp = TcpStream::connect(via).await.map_err(|e| DialError::Tcp {
-            via,
-            source: Arc::new(e),
-        })?;
+        let tcp = crate::net::connect(via, self.config.mark)
+            .await
+            .map_err(|e| DialError::Tcp {
+                via,
+                source: Arc::new(e),
+            })?;
         if let Err(error) = tcp.set_nodelay(true) {
             debug!(%error, "cannot set TCP_NODELAY");
         }

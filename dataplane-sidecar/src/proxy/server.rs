@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use nix::sys::socket::{setsockopt, sockopt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use rand::Rng as _;
@@ -30,7 +29,7 @@ use switchyard_dataplane_runtime::hbone::{
 };
 use switchyard_dataplane_runtime::tls::Expected;
 use switchyard_model::MtlsMode;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use super::balance::{Balancer, BalancerConfig, EndpointSpec, Outcome};
@@ -256,17 +255,12 @@ pub async fn connect_marked(
     mark: u32,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    setsockopt(&socket, sockopt::Mark, &mark).map_err(io::Error::from)?;
-    let stream = tokio::time::timeout(timeout, socket.connect(addr))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
+    tokio::time::timeout(
+        timeout,
+        switchyard_dataplane_runtime::net::connect(addr, Some(mark)),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
 /// What the plaintext inbound listener does with a connection to `port`.

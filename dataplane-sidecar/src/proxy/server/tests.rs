@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use nix::sys::socket::getsockopt;
+use nix::sys::socket::{getsockopt, sockopt};
 use switchyard_model::SpiffeId;
 use switchyard_protos::{TypeUrl, pack};
 
