@@ -455,11 +455,6 @@ impl Proxy {
         if self.settings.is_own_listener(dst) {
             return Err(ConnectionError::Loop(dst));
         }
-        // The runtime's HBONE client does not mark its sockets yet, so its own dials to
-        // peers' port 15008 come back through the capture: send them on unchanged.
-        if dst.port() == HBONE_PORT {
-            return self.passthrough(client, dst).await;
-        }
         let config = self.config.current().ok_or(ConnectionError::NoRoute(dst))?;
         let cluster = match config.outbound(dst) {
             None => return Err(ConnectionError::NoRoute(dst)),
