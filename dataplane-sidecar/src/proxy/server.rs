@@ -416,37 +416,74 @@ impl Proxy {
 
     /// Serves captured outbound connections on `listener`, once configuration is ready.
     pub async fn serve_outbound(self: Arc<Self>, listener: TcpListener) {
+        self.accept_loop(listener, Side::Outbound).await;
+    }
+
+    /// Serves captured plaintext inbound connections on `listener`, once configuration is
+    /// ready.
+    pub async fn serve_inbound_plaintext(self: Arc<Self>, listener: TcpListener) {
+        self.accept_loop(listener, Side::InboundPlaintext).await;
+    }
+
+    /// The accept loop both capture listeners share: one task per connection, failures
+    /// counted by kind.
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, side: Side) {
         if self.config.ready().await.is_none() {
             return;
         }
-        info!(addr = ?listener.local_addr().ok(), "outbound listener accepting");
+        info!(addr = ?listener.local_addr().ok(), side = side.name(), "listener accepting");
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    warn!(error = %e, "outbound accept failed");
+                    warn!(error = %e, side = side.name(), "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
-            self.metrics.outbound_accepted.inc();
             let proxy = self.clone();
-            let span = info_span!("outbound", %peer);
+            let span = info_span!("connection", side = side.name(), %peer);
             tokio::spawn(
                 async move {
-                    if let Err(e) = proxy.outbound(stream).await {
-                        let counter = match &e {
-                            ConnectionError::Loop(_) => &proxy.metrics.outbound_loops,
-                            ConnectionError::NoRoute(_) => &proxy.metrics.outbound_no_route,
-                            _ => &proxy.metrics.outbound_failed,
-                        };
-                        counter.inc();
-                        warn!(error = %e, "outbound connection failed");
+                    let result = match side {
+                        Side::Outbound => {
+                            proxy.metrics.outbound_accepted.inc();
+                            proxy.outbound(stream).await
+                        }
+                        Side::InboundPlaintext => {
+                            proxy.metrics.inbound_plaintext_accepted.inc();
+                            proxy.inbound_plaintext(stream).await
+                        }
+                    };
+                    if let Err(e) = result {
+                        proxy.count_failure(side, &e);
+                        match side {
+                            Side::Outbound => warn!(error = %e, "outbound connection failed"),
+                            // Refusals (STRICT, unconfigured ports) are policy, not faults.
+                            Side::InboundPlaintext => {
+                                info!(error = %e, "plaintext inbound connection closed")
+                            }
+                        }
                     }
                 }
                 .instrument(span),
             );
         }
+    }
+
+    fn count_failure(&self, side: Side, e: &ConnectionError) {
+        let m = &self.metrics;
+        let counter = match (side, e) {
+            (Side::Outbound, ConnectionError::Loop(_)) => &m.outbound_loops,
+            (Side::Outbound, ConnectionError::NoRoute(_)) => &m.outbound_no_route,
+            (Side::Outbound, _) => &m.outbound_failed,
+            (Side::InboundPlaintext, ConnectionError::Strict(_)) => &m.inbound_strict_refused,
+            (Side::InboundPlaintext, ConnectionError::Unconfigured(_)) => {
+                &m.inbound_unconfigured_refused
+            }
+            (Side::InboundPlaintext, _) => &m.inbound_plaintext_failed,
+        };
+        counter.inc();
     }
 
     async fn outbound(&self, mut client: TcpStream) -> Result<(), ConnectionError> {
@@ -560,44 +597,6 @@ impl Proxy {
         Ok(())
     }
 
-    /// Serves captured plaintext inbound connections on `listener`, once configuration is
-    /// ready.
-    pub async fn serve_inbound_plaintext(self: Arc<Self>, listener: TcpListener) {
-        if self.config.ready().await.is_none() {
-            return;
-        }
-        info!(addr = ?listener.local_addr().ok(), "plaintext inbound listener accepting");
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    warn!(error = %e, "inbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            self.metrics.inbound_plaintext_accepted.inc();
-            let proxy = self.clone();
-            let span = info_span!("inbound_plaintext", %peer);
-            tokio::spawn(
-                async move {
-                    if let Err(e) = proxy.inbound_plaintext(stream).await {
-                        let counter = match &e {
-                            ConnectionError::Strict(_) => &proxy.metrics.inbound_strict_refused,
-                            ConnectionError::Unconfigured(_) => {
-                                &proxy.metrics.inbound_unconfigured_refused
-                            }
-                            _ => &proxy.metrics.inbound_plaintext_failed,
-                        };
-                        counter.inc();
-                        info!(error = %e, "plaintext inbound connection closed");
-                    }
-                }
-                .instrument(span),
-            );
-        }
-    }
-
     async fn inbound_plaintext(&self, mut client: TcpStream) -> Result<(), ConnectionError> {
         client.set_nodelay(true).ok();
         let dst = original_dst(&client)?;
@@ -619,6 +618,22 @@ impl Proxy {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// Which capture listener a connection came in on.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Outbound,
+    InboundPlaintext,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Outbound => "outbound",
+            Side::InboundPlaintext => "inbound_plaintext",
+        }
     }
 }
 
