@@ -128,10 +128,12 @@ pub fn control_plane_identity(trust_domain: &str) -> SpiffeId {
 
 /// A lazily connecting gRPC channel to the control plane at `address` (xDS and the CA share
 /// it): plaintext, or TLS verifying the control plane's SPIFFE ID and presenting the store's
-/// current certificate.
+/// current certificate. With `mark`, every connection carries that `SO_MARK` (a sidecar's
+/// own traffic must not be captured by its pod's rules).
 pub fn control_plane_channel(
     address: SocketAddr,
     transport: &CaTransport,
+    mark: Option<u32>,
 ) -> Result<Channel, IdentityError> {
     let uri = format!("http://{address}");
     let endpoint = Endpoint::from_shared(uri.clone())
@@ -141,18 +143,21 @@ pub fn control_plane_channel(
         })?
         .connect_timeout(Duration::from_secs(5));
     Ok(match transport {
-        CaTransport::Plaintext => endpoint.connect_lazy(),
+        CaTransport::Plaintext => endpoint.connect_with_connector_lazy(tower::service_fn(
+            move |_: tonic::codegen::http::Uri| async move {
+                let tcp = crate::net::connect(address, mark).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tcp))
+            },
+        )),
         CaTransport::Tls { server, store } => {
             let config =
                 client_config(store, Expected::Exact(server.clone()), vec![b"h2".to_vec()]);
             let connector = tokio_rustls::TlsConnector::from(config);
             endpoint.connect_with_connector_lazy(tower::service_fn(
-                move |uri: tonic::codegen::http::Uri| {
+                move |_: tonic::codegen::http::Uri| {
                     let connector = connector.clone();
                     async move {
-                        let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-                        let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
-                        tcp.set_nodelay(true)?;
+                        let tcp = crate::net::connect(address, mark).await?;
                         // The name is not checked (the verifier checks the SPIFFE ID).
                         let name =
                             rustls_pki_types::ServerName::try_from("switchyard-control-plane")
@@ -182,12 +187,17 @@ impl CaClient {
         transport: CaTransport,
         token: Option<String>,
     ) -> Result<Self, IdentityError> {
-        let channel = control_plane_channel(address, &transport)?;
-        Ok(CaClient {
+        let channel = control_plane_channel(address, &transport, None)?;
+        Ok(Self::with_channel(channel, address, token))
+    }
+
+    /// A client over an existing `channel` to the CA at `address` (named in errors).
+    pub fn with_channel(channel: Channel, address: SocketAddr, token: Option<String>) -> Self {
+        CaClient {
             client: CertificateServiceClient::new(channel),
             address: address.to_string(),
             token,
-        })
+        }
     }
 
     /// Asks for a certificate: `csr` PEM, `ttl` requested (the CA caps it), `impersonate` for

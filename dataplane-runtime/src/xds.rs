@@ -8,6 +8,7 @@ use prost::Message;
 use switchyard_protos::TypeUrl;
 use switchyard_protos::envoy::envoy::config::core::v3::Node;
 use switchyard_protos::envoy::envoy::extensions::transport_sockets::tls::v3 as tls;
+use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::ads_client::{AdsClient, AdsError, Variant};
@@ -19,14 +20,6 @@ pub const ROOT_CA: &str = "ROOTCA";
 /// Why one ADS stream ended.
 #[derive(Debug, thiserror::Error)]
 pub enum XdsError {
-    /// Connecting failed.
-    #[error("cannot connect to {address}: {source} (is the control plane running?)")]
-    Connect {
-        /// Address.
-        address: String,
-        /// Cause.
-        source: tonic::transport::Error,
-    },
     /// The stream failed or ended.
     #[error(transparent)]
     Ads(#[from] AdsError),
@@ -45,15 +38,17 @@ pub fn bundle_pem(secret: &tls::Secret) -> Option<String> {
     }
 }
 
-/// Follows `ROOTCA` from the control plane at `address` as `node`, installing each good
-/// bundle into `store`. Never returns: reconnects with backoff.
-pub async fn follow_bundle(address: String, node: Node, store: IdentityStore) {
+/// Follows `ROOTCA` from the control plane over `channel` (see
+/// [`control_plane_channel`](crate::identity::control_plane_channel); `address` names it in
+/// logs) as `node`, installing each good bundle into `store`. Never returns: each ended
+/// stream is opened again with backoff (the channel reconnects).
+pub async fn follow_bundle(channel: Channel, address: String, node: Node, store: IdentityStore) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match follow_once(&address, &node, &store).await {
+        match follow_once(channel.clone(), &address, &node, &store).await {
             Ok(()) => backoff = Duration::from_millis(200),
             Err(e) => {
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "trust bundle stream ended")
+                warn!(error = %e, %address, retry_in_ms = backoff.as_millis() as u64, "trust bundle stream ended")
             }
         }
         tokio::time::sleep(backoff).await;
@@ -61,19 +56,12 @@ pub async fn follow_bundle(address: String, node: Node, store: IdentityStore) {
     }
 }
 
-async fn follow_once(address: &str, node: &Node, store: &IdentityStore) -> Result<(), XdsError> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| XdsError::Connect {
-            address: address.to_string(),
-            source: e,
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| XdsError::Connect {
-            address: address.to_string(),
-            source: e,
-        })?;
+async fn follow_once(
+    channel: Channel,
+    address: &str,
+    node: &Node,
+    store: &IdentityStore,
+) -> Result<(), XdsError> {
     let mut client = AdsClient::connect(channel, node.clone(), Variant::Delta);
     client
         .subscribe(TypeUrl::Secret.as_str(), &[ROOT_CA])

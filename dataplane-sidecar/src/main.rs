@@ -135,7 +135,8 @@ struct AgentArgs {
     socket: PathBuf,
     #[command(flatten)]
     identity: IdentityArgs,
-    /// Control plane xDS address for the trust bundle (plaintext ADS).
+    /// Control plane xDS address for the trust bundle: 15010 plaintext, or 15012 over TLS
+    /// when --ca-root-file is given.
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_address: SocketAddr,
     /// Node id to follow the trust bundle as (the proxy's own node id).
@@ -150,7 +151,9 @@ struct AgentArgs {
 struct ProxyArgs {
     #[command(flatten)]
     identity: IdentityArgs,
-    /// Control plane xDS address (plaintext delta ADS): configuration and trust bundle.
+    /// Control plane xDS address (delta ADS): configuration and trust bundle; 15010
+    /// plaintext, or 15012 over TLS (verifying the control plane's SPIFFE ID, presenting the
+    /// pod's certificate) when --ca-root-file is given.
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_address: SocketAddr,
     /// The pod's IP.
@@ -187,6 +190,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: the local cluster writes the log to a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -233,11 +238,16 @@ struct WorkloadIdentity {
     identity: SpiffeId,
     store: IdentityStore,
     rotation: Rotation,
+    /// How to reach the control plane: TLS with the operator's root file, else plaintext.
+    transport: CaTransport,
 }
 
 /// Token → CSR → first certificate (plaintext CA) or the operator's root file (TLS CA) →
-/// [`Rotation`].
-async fn workload_identity(args: &IdentityArgs) -> anyhow::Result<WorkloadIdentity> {
+/// [`Rotation`]. `mark` is set on the connections to the CA.
+async fn workload_identity(
+    args: &IdentityArgs,
+    mark: Option<u32>,
+) -> anyhow::Result<WorkloadIdentity> {
     let identity = SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account);
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(t.trim().to_string()),
@@ -252,25 +262,25 @@ async fn workload_identity(args: &IdentityArgs) -> anyhow::Result<WorkloadIdenti
     let ttl = (args.ttl_seconds > 0).then(|| Duration::from_secs(args.ttl_seconds));
     // The first bundle: the operator's root file, or (plaintext, development) the root at the
     // end of the first certificate chain.
-    let (store, client) = match &args.ca_root_file {
+    let client = |transport: &CaTransport, token: Option<String>| {
+        control_plane_channel(args.ca_address, transport, mark)
+            .map(|channel| CaClient::with_channel(channel, args.ca_address, token))
+    };
+    let (store, client, transport) = match &args.ca_root_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
             let store = IdentityStore::new(
                 TrustBundle::from_pem(&text).with_context(|| format!("{}", path.display()))?,
             );
-            let client = CaClient::new(
-                args.ca_address,
-                CaTransport::Tls {
-                    server: control_plane_identity(&args.trust_domain),
-                    store: store.clone(),
-                },
-                token,
-            )?;
-            (store, client)
+            let transport = CaTransport::Tls {
+                server: control_plane_identity(&args.trust_domain),
+                store: store.clone(),
+            };
+            (store.clone(), client(&transport, token)?, transport)
         }
         None => {
-            let mut client = CaClient::new(args.ca_address, CaTransport::Plaintext, token)?;
+            let mut client = client(&CaTransport::Plaintext, token)?;
             let mut backoff = Duration::from_millis(200);
             let (chain, key) = loop {
                 let (csr, key) = generate_csr(&identity)?;
@@ -288,7 +298,7 @@ async fn workload_identity(args: &IdentityArgs) -> anyhow::Result<WorkloadIdenti
             };
             let store = IdentityStore::new(TrustBundle::from_pem(root)?);
             store.set_certificate(&chain, &key)?;
-            (store, client)
+            (store, client, CaTransport::Plaintext)
         }
     };
 
@@ -305,11 +315,18 @@ async fn workload_identity(args: &IdentityArgs) -> anyhow::Result<WorkloadIdenti
         identity,
         store,
         rotation,
+        transport,
     })
 }
 
-/// Follows the trust bundle over plaintext ADS at `xds_address` as `node_id`, into `store`.
-fn spawn_bundle_follower(xds_address: SocketAddr, node_id: String, store: IdentityStore) {
+/// Follows the trust bundle over ADS at `xds_address` as `node_id`, into `store`.
+fn spawn_bundle_follower(
+    xds_address: SocketAddr,
+    transport: &CaTransport,
+    mark: Option<u32>,
+    node_id: String,
+    store: IdentityStore,
+) -> anyhow::Result<()> {
     let mut node = ads_node(
         node_id,
         "switchyard-sidecar",
@@ -317,7 +334,9 @@ fn spawn_bundle_follower(xds_address: SocketAddr, node_id: String, store: Identi
         [("DATAPLANE_KIND".to_string(), "sds-agent".to_string())],
     );
     node.cluster = "switchyard-sds-agent".into();
-    tokio::spawn(follow_bundle(xds_address.to_string(), node, store));
+    let channel = control_plane_channel(xds_address, transport, mark)?;
+    tokio::spawn(follow_bundle(channel, xds_address.to_string(), node, store));
+    Ok(())
 }
 
 async fn sds_agent(args: AgentArgs) -> anyhow::Result<()> {
@@ -325,7 +344,8 @@ async fn sds_agent(args: AgentArgs) -> anyhow::Result<()> {
         identity,
         store,
         rotation,
-    } = workload_identity(&args.identity).await?;
+        transport,
+    } = workload_identity(&args.identity, None).await?;
     let mut registry = Registry::default();
     let metrics = sds::SdsMetrics::default();
     registry.register(
@@ -353,7 +373,13 @@ async fn sds_agent(args: AgentArgs) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(rotation.run());
-    spawn_bundle_follower(args.xds_address, args.node_id.clone(), store.clone());
+    spawn_bundle_follower(
+        args.xds_address,
+        &transport,
+        None,
+        args.node_id.clone(),
+        store.clone(),
+    )?;
 
     let registry = Arc::new(registry);
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_address)
@@ -402,11 +428,13 @@ async fn sds_agent(args: AgentArgs) -> anyhow::Result<()> {
 /// a port clash fails the start) but accept only once the first configuration snapshot is
 /// in; connections wait in the backlog meanwhile.
 async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let mark = Some(args.proxy_mark);
     let WorkloadIdentity {
         identity,
         store,
         rotation,
-    } = workload_identity(&args.identity).await?;
+        transport,
+    } = workload_identity(&args.identity, mark).await?;
     let rotations = Counter::<u64>::default();
     let mut counted = rotation.subscribe();
     {
@@ -425,8 +453,14 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         args.identity.namespace.clone(),
         args.identity.service_account.clone(),
     );
-    spawn_bundle_follower(args.xds_address, node.node_id(), store.clone());
-    let channel = control_plane_channel(args.xds_address, &CaTransport::Plaintext)?;
+    spawn_bundle_follower(
+        args.xds_address,
+        &transport,
+        mark,
+        node.node_id(),
+        store.clone(),
+    )?;
+    let channel = control_plane_channel(args.xds_address, &transport, mark)?;
     let (follower, config) = Follower::new(
         channel,
         node.to_node().context("building the xDS node")?,

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 pub use down::{DownReport, down};
 pub use state::{ClusterState, NodeState, PodState, ProcessState};
-pub use supervisor::{DataplaneHooks, NoMesh, ProcessSpec, UpOptions};
+pub use supervisor::{DataplaneHooks, HookError, NoMesh, ProcessSpec, UpOptions};
 
 /// What went wrong in the local cluster.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,14 @@ pub enum ClusterError {
         command: String,
         /// What it printed on standard error.
         stderr: String,
+    },
+    /// A dataplane hook could not say what to run for a pod.
+    #[error("dataplane set-up of pod {pod}: {message}")]
+    Hook {
+        /// `namespace/name`.
+        pod: String,
+        /// What was wrong.
+        message: String,
     },
     /// A helper thread panicked.
     #[error("{what}: the thread panicked")]

@@ -189,6 +189,29 @@ pub struct Manifests {
     pub services_with_slices: BTreeSet<String>,
 }
 
+impl Manifests {
+    /// The labels of the `v1` Namespace `name` among the documents (empty when the manifests
+    /// do not declare it).
+    pub fn namespace_labels(&self, name: &str) -> BTreeMap<String, String> {
+        self.passthrough
+            .iter()
+            .find(|v| {
+                v.get("apiVersion").and_then(Value::as_str) == Some("v1")
+                    && v.get("kind").and_then(Value::as_str) == Some("Namespace")
+                    && v.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
+            })
+            .and_then(|v| v.pointer("/metadata/labels"))
+            .and_then(Value::as_object)
+            .map(|labels| {
+                labels
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// Reads every `.yaml`/`.yml` file under `dir` (hidden files and folders skipped).
 pub fn load(dir: &Path) -> Result<Manifests, Vec<ManifestProblem>> {
     let mut problems = Vec::new();

@@ -78,8 +78,14 @@ pub struct ProcessSpec {
     pub env: Vec<(String, String)>,
 }
 
+/// Why a dataplane hook could not say what to run for a pod.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HookError(pub String);
+
 /// Where the dataplanes join the local cluster: processes per node (ztunnel, eBPF agent)
-/// and per pod beside its containers (a sidecar). The default, [`NoMesh`], runs none.
+/// and per pod beside its containers (a sidecar), as an injector webhook and a DaemonSet
+/// would add them. The default, [`NoMesh`], runs none.
 pub trait DataplaneHooks: Send + Sync + fmt::Debug {
     /// Processes to run in `node`'s namespace once it is up.
     fn node_processes(&self, node: &NodeState) -> Vec<ProcessSpec> {
@@ -87,15 +93,24 @@ pub trait DataplaneHooks: Send + Sync + fmt::Debug {
         Vec::new()
     }
     /// Steps to run to completion in `pod`'s namespace and cgroup before its init containers
-    /// and containers (a dataplane's capture set-up).
-    fn pod_init(&self, pod: &PodState) -> Vec<ProcessSpec> {
-        let _ = pod;
-        Vec::new()
+    /// and containers (a dataplane's capture set-up). `namespace_labels` are the labels of
+    /// the pod's Namespace in the manifests.
+    fn pod_init(
+        &self,
+        pod: &PodState,
+        namespace_labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<ProcessSpec>, HookError> {
+        let _ = (pod, namespace_labels);
+        Ok(Vec::new())
     }
     /// Processes to run in `pod`'s namespace beside its containers.
-    fn pod_processes(&self, pod: &PodState) -> Vec<ProcessSpec> {
-        let _ = pod;
-        Vec::new()
+    fn pod_processes(
+        &self,
+        pod: &PodState,
+        namespace_labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<ProcessSpec>, HookError> {
+        let _ = (pod, namespace_labels);
+        Ok(Vec::new())
     }
 }
 
@@ -729,7 +744,15 @@ impl Supervisor {
         };
         // Init steps first, each to success: the dataplane's (its capture set-up, as
         // proxy-init is in Kubernetes), then the pod's own init containers.
-        let mut inits = self.hooks.pod_init(pod);
+        let namespace_labels = self.manifests.namespace_labels(namespace);
+        let hook_error = |e: HookError| ClusterError::Hook {
+            pod: key.clone(),
+            message: e.0,
+        };
+        let mut inits = self
+            .hooks
+            .pod_init(pod, &namespace_labels)
+            .map_err(hook_error)?;
         for p in &mut inits {
             check_process_name(&p.name)?;
             let mut env = base_env.clone();
@@ -756,7 +779,10 @@ impl Supervisor {
             .iter()
             .map(|c| (spec_of(c), template.restart_policy))
             .collect();
-        let extra = self.hooks.pod_processes(pod);
+        let extra = self
+            .hooks
+            .pod_processes(pod, &namespace_labels)
+            .map_err(hook_error)?;
         for p in &extra {
             check_process_name(&p.name)?;
         }

@@ -277,32 +277,15 @@ impl MeshBuilder {
         Ok(mesh)
     }
 
-    fn namespace_mode(&self, mesh: &Mesh, namespace: &str) -> DataplaneMode {
-        mesh.namespaces
-            .get(namespace)
-            .map(|n| n.mode)
-            .unwrap_or(self.config.default_mode)
-    }
-
     fn build_workloads(&self, mesh: &mut Mesh, warnings: &mut Vec<BuildWarning>) {
         for (key, pod) in &self.pods {
-            let (mode, mode_source) = match pod.mode {
-                Some(m) => (m, ModeSource::PodLabel),
-                None => {
-                    let labelled = mesh
-                        .namespaces
-                        .get(&key.namespace)
-                        .is_some_and(|n| n.mode_label.is_some());
-                    (
-                        self.namespace_mode(mesh, &key.namespace),
-                        if labelled {
-                            ModeSource::NamespaceLabel
-                        } else {
-                            ModeSource::Default
-                        },
-                    )
-                }
-            };
+            let (mode, mode_source) = DataplaneMode::resolve(
+                pod.mode,
+                mesh.namespaces
+                    .get(&key.namespace)
+                    .and_then(|n| n.mode_label),
+                self.config.default_mode,
+            );
             let sa = pod
                 .service_account
                 .clone()

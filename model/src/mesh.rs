@@ -49,6 +49,21 @@ impl DataplaneMode {
         }
     }
 
+    /// A pod's effective mode and where it comes from: its own label, else its namespace's,
+    /// else the control plane's `default`. The control plane's model and the local
+    /// cluster's injector both decide through this one function.
+    pub fn resolve(
+        pod_label: Option<DataplaneMode>,
+        namespace_label: Option<DataplaneMode>,
+        default: DataplaneMode,
+    ) -> (DataplaneMode, ModeSource) {
+        match (pod_label, namespace_label) {
+            (Some(m), _) => (m, ModeSource::PodLabel),
+            (None, Some(m)) => (m, ModeSource::NamespaceLabel),
+            (None, None) => (default, ModeSource::Default),
+        }
+    }
+
     /// Whether workloads in this mode have a mesh identity and speak HBONE.
     pub const fn in_mesh(self) -> bool {
         !matches!(self, DataplaneMode::None)

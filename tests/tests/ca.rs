@@ -418,6 +418,7 @@ async fn tls_port_serves_tokens_renewal_over_mtls_and_ads() {
             server: control_plane_identity("cluster.local"),
             store: store.clone(),
         },
+        None,
     )
     .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1);

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use switchyard_local_cluster::control::{self, Request};
 use switchyard_local_cluster::state::{ClusterState, default_state_dir};
 use switchyard_local_cluster::supervisor::{self, ADMIN_PORT, UpOptions};
-use switchyard_local_cluster::{NoMesh, addressing, ip};
+use switchyard_local_cluster::{addressing, ip};
 
 use crate::admin;
 
@@ -385,7 +385,9 @@ pub fn supervise(args: UpArgs) -> ExitCode {
             .enable_all()
             .build()
             .context("starting the async runtime")?;
-        Ok(rt.block_on(supervisor::run(opts, Arc::new(NoMesh), progress))?)
+        let injector =
+            crate::injector::Injector::new(&opts.state_dir, &opts.control_plane_settings)?;
+        Ok(rt.block_on(supervisor::run(opts, Arc::new(injector), progress))?)
     })();
     let Err(e) = result;
     tracing::error!(error = %format!("{e:#}"), "supervisor stopped");

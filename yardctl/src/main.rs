@@ -10,6 +10,7 @@ mod admin;
 mod debug;
 mod dev;
 mod duration;
+mod injector;
 mod inspect;
 mod request;
 mod rotate;

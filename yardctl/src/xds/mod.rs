@@ -532,7 +532,7 @@ async fn open(a: &ClientArgs, node: Node) -> anyhow::Result<(AdsClient, Target)>
         }
         None => CaTransport::Plaintext,
     };
-    let channel = control_plane_channel(address, &transport)?;
+    let channel = control_plane_channel(address, &transport, None)?;
     let variant = match (a.sotw, a.delta) {
         (true, _) => Variant::Sotw,
         (false, _) => Variant::Delta,
