@@ -25,8 +25,9 @@ use switchyard_dataplane_runtime::xds::follow_bundle;
 use switchyard_dataplane_sidecar::capture::{self, CaptureConfig};
 use switchyard_dataplane_sidecar::config::{Follower, FollowerOptions, SidecarNode};
 use switchyard_dataplane_sidecar::proxy::copy::CopyConfig;
+use switchyard_dataplane_sidecar::proxy::detect::{DetectConfig, Detector};
 use switchyard_dataplane_sidecar::proxy::server::{
-    Proxy, ProxyMetrics, ProxySettings, TunnelHandler,
+    HttpMetrics, Proxy, ProxyMetrics, ProxySettings, TunnelHandler,
 };
 use switchyard_model::SpiffeId;
 use switchyard_protos::envoy::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
@@ -181,6 +182,10 @@ struct ProxyArgs {
     /// SO_MARK set on every upstream socket (must match `init --proxy-mark`).
     #[arg(long, default_value_t = capture::PROXY_MARK)]
     proxy_mark: u32,
+    /// How long to wait for a client's first bytes on an HTTP port before carrying the
+    /// connection as opaque TCP (server-first protocols wait this long), milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    detect_timeout_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -471,6 +476,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let settings = ProxySettings {
         pod_ip: args.pod_ip,
         trust_domain: args.identity.trust_domain.clone(),
+        identity: identity.to_string(),
         mark: args.proxy_mark,
         connect_timeout: Duration::from_secs(5),
         copy: CopyConfig::default(),
@@ -483,6 +489,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         ],
     };
     let metrics = ProxyMetrics::default();
+    let http_metrics = HttpMetrics::default();
     // Marked like every upstream socket of the proxy, so the pod's capture lets it through.
     let hbone_client = HboneClient::with_config(
         &store,
@@ -491,9 +498,27 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             ..HboneClientConfig::default()
         },
     );
-    let hbone_server = HboneServer::new(&store, TunnelHandler::new(&settings, metrics.clone()));
+    let hbone_server = HboneServer::new(
+        &store,
+        TunnelHandler::new(
+            &settings,
+            config.clone(),
+            metrics.clone(),
+            http_metrics.clone(),
+        ),
+    );
     let hbone_server_stats = hbone_server.stats();
-    let proxy = Proxy::new(settings, config.clone(), hbone_client, metrics.clone());
+    let proxy = Proxy::new(
+        settings,
+        config.clone(),
+        hbone_client,
+        metrics.clone(),
+        http_metrics.clone(),
+        Detector::new(DetectConfig {
+            timeout: Duration::from_millis(args.detect_timeout_ms),
+            ..DetectConfig::default()
+        }),
+    );
 
     let bind = |addr: SocketAddr, what: &'static str| async move {
         tokio::net::TcpListener::bind(addr)
@@ -508,6 +533,8 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    http_metrics.register(&mut registry);
+    proxy.detector().stats().register(&mut registry);
     registry.register(
         "switchyard_sidecar_certificate_rotations",
         "certificates installed",
@@ -558,6 +585,12 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
                 axum::routing::get(move || {
                     let mut out = String::new();
                     stats_proxy.metrics().render(&mut out);
+                    stats_proxy.http_metrics().render(&mut out);
+                    let _ = writeln!(
+                        out,
+                        "detection: {:?}",
+                        stats_proxy.detector().stats().snapshot()
+                    );
                     let client = stats_proxy.hbone().stats().snapshot();
                     let server = hbone_server_stats.snapshot();
                     let _ = writeln!(out, "hbone_client: {client:?}");

@@ -7,7 +7,9 @@
 //! both sharing one namespace here), the client proxy picks the echo endpoint, opens an
 //! HBONE tunnel to the server proxy's port 15008, which dials the echo app with the proxy
 //! mark. The echo answer must come from the app and name the server pod's IP as the caller
-//! (the server sidecar dialed it); no identity is forwarded yet (L4).
+//! (the server sidecar dialed it) and, the app's port being an HTTP port, the client's
+//! SPIFFE ID in `x-forwarded-client-cert`. The acceptance suite on the local cluster
+//! (`sidecar_mesh.rs`) covers the L7 behaviour across nodes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
@@ -155,11 +157,8 @@ async fn run() {
         .await;
     }
 
-    // opaque TCP port, then an HTTP port (carried as opaque TCP for now)
-    for (port, proxied_as) in [
-        (7070, "outbound_hbone: 1"),
-        (8080, "outbound_http_as_tcp: 1"),
-    ] {
+    // opaque TCP port, then an HTTP port (served by the HTTP data path)
+    for (port, proxied_as) in [(7070, "outbound_hbone: 1"), (8080, "http1: 1")] {
         let vip: SocketAddr = format!("{VIP}:{port}").parse().unwrap();
         let answer = tokio::time::timeout(
             WAIT,
@@ -184,8 +183,13 @@ async fn run() {
         // the server sidecar dialed the app from the pod's own IP
         let caller = echo["caller"].as_str().unwrap();
         assert!(caller.starts_with(&format!("{SERVER_IP}:")), "{answer}");
-        // L4 only: no identity is forwarded to the app yet
-        assert!(echo["identity"].is_null(), "{answer}");
+        // The app's port is an HTTP port of the server pod (both services target it), so
+        // the server sidecar serves the tunnel as HTTP and names the caller.
+        assert_eq!(
+            echo["identity"],
+            "By=spiffe://cluster.local/ns/default/sa/echo;URI=spiffe://cluster.local/ns/default/sa/client",
+            "{answer}"
+        );
         let (_, stats) = http(client.admin, "GET", "/stats").await.unwrap();
         assert!(stats.contains(proxied_as), "{stats}\n{}", client.log());
     }

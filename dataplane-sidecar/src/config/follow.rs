@@ -93,6 +93,15 @@ pub struct ConfigReader {
 }
 
 impl ConfigReader {
+    /// A reader of one fixed snapshot that never changes (tests, and embedding the proxy
+    /// without a control plane).
+    pub fn fixed(config: Option<Arc<SidecarConfig>>) -> Self {
+        ConfigReader {
+            config: watch::channel(config).1,
+            status: watch::channel(FollowStatus::default()).1,
+        }
+    }
+
     /// The current snapshot; `None` before the first one.
     pub fn current(&self) -> Option<Arc<SidecarConfig>> {
         self.config.borrow().clone()

@@ -9,10 +9,11 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::debug;
 
@@ -62,14 +63,14 @@ impl Default for DetectConfig {
     }
 }
 
-/// Detection results so far, as atomic counters the caller exports.
+/// Detection results so far, as counters the caller exports ([`DetectStats::register`]).
 #[derive(Debug, Default)]
 pub struct DetectStats {
-    http1: AtomicU64,
-    http2: AtomicU64,
-    tls: AtomicU64,
-    opaque: AtomicU64,
-    timeouts: AtomicU64,
+    http1: Counter,
+    http2: Counter,
+    tls: Counter,
+    opaque: Counter,
+    timeouts: Counter,
 }
 
 /// A copy of [`DetectStats`] at one moment.
@@ -91,12 +92,34 @@ impl DetectStats {
     /// The counters now.
     pub fn snapshot(&self) -> DetectCounts {
         DetectCounts {
-            http1: self.http1.load(Ordering::Relaxed),
-            http2: self.http2.load(Ordering::Relaxed),
-            tls: self.tls.load(Ordering::Relaxed),
-            opaque: self.opaque.load(Ordering::Relaxed),
-            timeouts: self.timeouts.load(Ordering::Relaxed),
+            http1: self.http1.get(),
+            http2: self.http2.get(),
+            tls: self.tls.get(),
+            opaque: self.opaque.get(),
+            timeouts: self.timeouts.get(),
         }
+    }
+
+    /// Registers `switchyard_sidecar_detected_<protocol>_total` and
+    /// `switchyard_sidecar_detection_timeouts_total`.
+    pub fn register(&self, registry: &mut Registry) {
+        for (name, counter) in [
+            ("http1", &self.http1),
+            ("http2", &self.http2),
+            ("tls", &self.tls),
+            ("opaque", &self.opaque),
+        ] {
+            registry.register(
+                format!("switchyard_sidecar_detected_{name}"),
+                format!("connections on HTTP ports detected as {name}"),
+                counter.clone(),
+            );
+        }
+        registry.register(
+            "switchyard_sidecar_detection_timeouts",
+            "connections on HTTP ports whose detection timed out (carried as opaque TCP)",
+            self.timeouts.clone(),
+        );
     }
 
     fn count(&self, protocol: Protocol, timed_out: bool) {
@@ -106,9 +129,9 @@ impl DetectStats {
             Protocol::Tls => &self.tls,
             Protocol::Opaque => &self.opaque,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
         if timed_out {
-            self.timeouts.fetch_add(1, Ordering::Relaxed);
+            self.timeouts.inc();
         }
     }
 }

@@ -21,5 +21,6 @@ pub mod clock;
 pub mod copy;
 pub mod detect;
 pub mod original_dst;
+pub mod pool;
 pub mod retry;
 pub mod server;

@@ -3,9 +3,13 @@
 //! - Outbound capture (15001): original destination → [`SidecarConfig::outbound`] → an
 //!   endpoint of the cluster picked by that cluster's [`Balancer`] → HBONE (mTLS endpoints)
 //!   or plain TCP carrying the proxy mark; passthrough goes to the original destination.
-//!   HTTP chains are treated as opaque TCP for now: the cluster is the one the route
-//!   configuration's virtual host for `<dst ip>:<port>` forwards to, and no request is parsed.
-//! - HBONE (15008): [`TunnelHandler`] lets peers of our trust domain reach this pod's own IP.
+//!   On HTTP chains the protocol is detected first: HTTP/1.1 and HTTP/2 are served request
+//!   by request ([`http`]: routes, retries, timeouts, pooled upstream connections); anything
+//!   else goes as opaque TCP to the cluster the route configuration's virtual host for
+//!   `<dst ip>:<port>` forwards to.
+//! - HBONE (15008): [`TunnelHandler`] lets peers of our trust domain reach this pod's own IP;
+//!   tunnels to HTTP ports are served request by request, telling the app the caller's
+//!   identity.
 //! - Plaintext inbound capture (15006): forwarded to the original destination only when
 //!   [`SidecarConfig::inbound`] says the port is PERMISSIVE or DISABLE.
 //!
@@ -34,9 +38,18 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use super::balance::{Balancer, BalancerConfig, EndpointSpec, Outcome};
 use super::copy::{CopyConfig, CopyError, CopyStats, copy_bidirectional};
+use super::detect::{Detector, Prefixed, Protocol};
 use super::original_dst::{OriginalDstError, original_dst};
+use super::pool::{Pool, Proto};
+use super::retry::{RetryBudget, RetryBudgetConfig};
 use crate::config::route::RouteAction;
 use crate::config::{ConfigReader, Outbound, SidecarConfig, Transport};
+
+mod http;
+mod metrics;
+
+pub use http::{MAX_REPLAY_BODY, XFCC, request_matches};
+pub use metrics::HttpMetrics;
 
 /// Settings of a [`Proxy`].
 #[derive(Debug, Clone)]
@@ -45,6 +58,8 @@ pub struct ProxySettings {
     pub pod_ip: IpAddr,
     /// Our trust domain: HBONE peers must belong to it.
     pub trust_domain: String,
+    /// This pod's SPIFFE ID (`By=` in the identity header, the access log).
+    pub identity: String,
     /// `SO_MARK` on every upstream socket ([`crate::capture::PROXY_MARK`]).
     pub mark: u32,
     /// Limit for a plain TCP connect upstream.
@@ -246,6 +261,12 @@ pub enum ConnectionError {
     /// Copying failed.
     #[error(transparent)]
     Copy(#[from] CopyError),
+    /// Serving HTTP on the connection failed.
+    #[error("http: {0}")]
+    Http(#[source] hyper::Error),
+    /// Reading the first bytes failed.
+    #[error("protocol detection: {0}")]
+    Detect(#[from] super::detect::DetectError),
 }
 
 /// Connects to `addr` from a socket marked with `mark` (`SO_MARK`, needs `CAP_NET_ADMIN`), so
@@ -278,20 +299,33 @@ pub fn inbound_plaintext_allowed(config: &SidecarConfig, port: u16) -> Result<()
 pub struct TunnelHandler {
     pod_ip: IpAddr,
     trust_domain: String,
+    identity: String,
     mark: u32,
     connect_timeout: Duration,
+    config: ConfigReader,
+    pool: Arc<Pool>,
     metrics: ProxyMetrics,
+    http_metrics: HttpMetrics,
 }
 
 impl TunnelHandler {
-    /// A handler for the pod at `settings.pod_ip`.
-    pub fn new(settings: &ProxySettings, metrics: ProxyMetrics) -> Self {
+    /// A handler for the pod at `settings.pod_ip`; `config` says which ports are HTTP.
+    pub fn new(
+        settings: &ProxySettings,
+        config: ConfigReader,
+        metrics: ProxyMetrics,
+        http_metrics: HttpMetrics,
+    ) -> Self {
         TunnelHandler {
             pod_ip: settings.pod_ip,
             trust_domain: settings.trust_domain.clone(),
+            identity: settings.identity.clone(),
             mark: settings.mark,
             connect_timeout: settings.connect_timeout,
+            config,
+            pool: Arc::new(Pool::default()),
             metrics,
+            http_metrics,
         }
     }
 
@@ -325,9 +359,20 @@ impl InboundHandler for TunnelHandler {
         decision
     }
 
-    async fn connect(&self, _peer: &Peer, target: SocketAddr) -> io::Result<Box<dyn TargetStream>> {
-        let stream = connect_marked(target, self.mark, self.connect_timeout).await?;
+    async fn connect(&self, peer: &Peer, target: SocketAddr) -> io::Result<Box<dyn TargetStream>> {
+        let http = self
+            .config
+            .current()
+            .is_some_and(|c| c.inbound(target.port()).is_some_and(|p| p.http));
         self.metrics.inbound_hbone_forwarded.inc();
+        if http {
+            // The tunnel's bytes go to an in-process HTTP server that forwards each request
+            // to the app with the caller's identity.
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(self.clone().serve_http_inbound(ours, peer.clone(), target));
+            return Ok(Box::new(theirs));
+        }
+        let stream = connect_marked(target, self.mark, self.connect_timeout).await?;
         Ok(Box::new(stream))
     }
 }
@@ -342,6 +387,10 @@ pub struct Proxy {
     /// One balancer per cluster; written only by [`Proxy::follow_endpoints`].
     balancers: ArcSwap<HashMap<String, Balancer>>,
     metrics: ProxyMetrics,
+    http_metrics: HttpMetrics,
+    pool: Arc<Pool>,
+    retry_budget: RetryBudget,
+    detector: Detector,
 }
 
 impl Proxy {
@@ -351,6 +400,8 @@ impl Proxy {
         config: ConfigReader,
         hbone: HboneClient,
         metrics: ProxyMetrics,
+        http_metrics: HttpMetrics,
+        detector: Detector,
     ) -> Arc<Self> {
         Arc::new(Proxy {
             settings,
@@ -358,7 +409,21 @@ impl Proxy {
             hbone,
             balancers: ArcSwap::from_pointee(HashMap::new()),
             metrics,
+            http_metrics,
+            pool: Arc::new(Pool::default()),
+            retry_budget: RetryBudget::new(RetryBudgetConfig::default()),
+            detector,
         })
+    }
+
+    /// The HTTP counters.
+    pub fn http_metrics(&self) -> &HttpMetrics {
+        &self.http_metrics
+    }
+
+    /// The protocol detector (for its counts).
+    pub fn detector(&self) -> &Detector {
+        &self.detector
     }
 
     /// The counters.
@@ -486,13 +551,33 @@ impl Proxy {
         counter.inc();
     }
 
-    async fn outbound(&self, mut client: TcpStream) -> Result<(), ConnectionError> {
+    async fn outbound(self: &Arc<Self>, client: TcpStream) -> Result<(), ConnectionError> {
         client.set_nodelay(true).ok();
         let dst = original_dst(&client)?;
         if self.settings.is_own_listener(dst) {
             return Err(ConnectionError::Loop(dst));
         }
         let config = self.config.current().ok_or(ConnectionError::NoRoute(dst))?;
+        // HTTP chains: HTTP/1.1 and HTTP/2 are served request by request; other bytes
+        // (TLS, opaque, a detection timeout) go on as TCP below.
+        let mut client = if matches!(config.outbound(dst), Some(Outbound::Http { .. })) {
+            let detected = self.detector.detect(client).await?;
+            match detected.protocol {
+                Protocol::Http1 => {
+                    return self
+                        .serve_http_outbound(detected.io, Proto::Http1, dst)
+                        .await;
+                }
+                Protocol::Http2 => {
+                    return self
+                        .serve_http_outbound(detected.io, Proto::Http2, dst)
+                        .await;
+                }
+                Protocol::Tls | Protocol::Opaque => detected.io,
+            }
+        } else {
+            Prefixed::new(bytes::Bytes::new(), client)
+        };
         let cluster = match config.outbound(dst) {
             None => return Err(ConnectionError::NoRoute(dst)),
             Some(Outbound::Passthrough { .. }) => return self.passthrough(client, dst).await,
@@ -528,11 +613,7 @@ impl Proxy {
                     cluster: cluster.clone(),
                 })?;
         let addr = pick.addr();
-        let transport = config.endpoints(&cluster).and_then(|eps| {
-            eps.iter()
-                .find(|(_, e)| e.address == addr)
-                .map(|(_, e)| e.transport.clone())
-        });
+        let transport = http::transport_of(&config, &cluster, addr);
         let stats = CopyStats::default();
         match transport {
             Some(Transport::Hbone(mtls)) => {
@@ -579,11 +660,10 @@ impl Proxy {
             .map_err(|source| ConnectionError::Connect { addr, source })
     }
 
-    async fn passthrough(
-        &self,
-        mut client: TcpStream,
-        dst: SocketAddr,
-    ) -> Result<(), ConnectionError> {
+    async fn passthrough<S>(&self, mut client: S, dst: SocketAddr) -> Result<(), ConnectionError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let mut upstream = self.connect(dst).await?;
         self.metrics.outbound_passthrough.inc();
         debug!(%dst, "outbound passthrough");

@@ -14,6 +14,7 @@ fn settings() -> ProxySettings {
     ProxySettings {
         pod_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
         trust_domain: "cluster.local".into(),
+        identity: "spiffe://cluster.local/ns/default/sa/server".into(),
         mark: crate::capture::PROXY_MARK,
         connect_timeout: Duration::from_secs(1),
         copy: CopyConfig::default(),
@@ -32,7 +33,12 @@ fn peer(trust_domain: &str) -> Peer {
 #[tokio::test]
 async fn tunnel_handler_serves_only_its_pod_and_trust_domain() {
     let metrics = ProxyMetrics::default();
-    let handler = TunnelHandler::new(&settings(), metrics.clone());
+    let handler = TunnelHandler::new(
+        &settings(),
+        ConfigReader::fixed(None),
+        metrics.clone(),
+        HttpMetrics::default(),
+    );
     let own: SocketAddr = "10.0.0.7:8080".parse().unwrap();
     assert!(handler.authorize(&peer("cluster.local"), own).await.is_ok());
 

@@ -1,0 +1,725 @@
+//! HTTP on the sidecar's data path.
+//!
+//! - Outbound: a captured connection detected as HTTP/1.1 or HTTP/2 (prior knowledge, gRPC
+//!   included) is served by hyper; each request is routed by the chain's route configuration
+//!   (virtual host by `Host`/`:authority`, then the first route whose path, method, header,
+//!   query and gRPC conditions hold), sent to a weighted-picked cluster's endpoint chosen by
+//!   its balancer, over a pooled connection (HBONE for mesh endpoints), in the downstream's
+//!   HTTP version. The route's timeout bounds the wait for response headers; its retry
+//!   policy (with the proxy's retry budget) re-sends requests whose body was kept (none, or
+//!   a `Content-Length` up to [`MAX_REPLAY_BODY`]).
+//! - Inbound: a tunnel to an HTTP port is served by hyper too, so each request reaches the
+//!   app with `x-forwarded-client-cert: By=<this pod>;URI=<caller>` (any such header the
+//!   caller sent is dropped first).
+//!
+//! Local answers use Envoy's status codes and texts: 404 no route, 503 no healthy upstream
+//! or connect failure, 504 upstream request timeout. Upgrades (WebSocket) are not proxied.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::Rng as _;
+use switchyard_dataplane_runtime::hbone::{HBONE_PORT, Peer};
+use switchyard_dataplane_runtime::tls::Expected;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use super::super::balance::Outcome;
+use super::super::pool::{Body, BoxError, Proto, SendError, UpstreamIo};
+use super::super::retry::{self, AttemptOutcome, RetryConditions, RetryDecision};
+use super::{ConnectionError, Proxy, TunnelHandler, connect_marked};
+use crate::config::route::{self, Forward, RouteAction, RouteMatch};
+use crate::config::{Outbound, SidecarConfig, Transport};
+
+/// Largest request body kept for replay by retries.
+pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
+/// Header carrying the caller's identity to the app.
+pub const XFCC: &str = "x-forwarded-client-cert";
+
+/// Hop-by-hop headers, never forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// A local answer.
+fn local(status: StatusCode, text: impl Into<String>) -> Response<Body> {
+    let text = text.into();
+    let mut r = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never: Infallible| -> BoxError { match never {} })
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn empty() -> Body {
+    Empty::new()
+        .map_err(|never: Infallible| -> BoxError { match never {} })
+        .boxed()
+}
+
+fn incoming(body: Incoming) -> Body {
+    body.map_err(|e| -> BoxError { Box::new(e) }).boxed()
+}
+
+/// The request's host: `:authority` (absolute URIs, HTTP/2) or the `Host` header.
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+}
+
+/// The first value of query parameter `name`, percent-decoded (`+` is a space).
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(k) == name).then(|| decode(v))
+    })
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `req` satisfies every condition of `m` (Envoy semantics).
+pub fn request_matches<B>(m: &RouteMatch, req: &Request<B>) -> bool {
+    if !m.matches_path(req.uri().path()) {
+        return false;
+    }
+    if m.method
+        .as_deref()
+        .is_some_and(|x| x != req.method().as_str())
+    {
+        return false;
+    }
+    let is_grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if m.grpc_only && !is_grpc {
+        return false;
+    }
+    let headers_hold = m.headers.iter().all(|h| {
+        let value = match h.name.as_str() {
+            ":authority" => host_of(req),
+            ":method" => Some(req.method().as_str().to_string()),
+            ":path" => req.uri().path_and_query().map(|p| p.as_str().to_string()),
+            ":scheme" => Some(req.uri().scheme_str().unwrap_or("http").to_string()),
+            name => {
+                let values: Vec<&str> = req
+                    .headers()
+                    .get_all(name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                (!values.is_empty()).then(|| values.join(","))
+            }
+        };
+        h.matches(value.as_deref())
+    });
+    if !headers_hold {
+        return false;
+    }
+    let query = req.uri().query().unwrap_or("");
+    m.query
+        .iter()
+        .all(|q| q.matches(query_param(query, &q.name).as_deref()))
+}
+
+/// Drops hop-by-hop headers and those `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+    // `te` goes through only as `trailers` (gRPC needs it).
+    if headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes() != b"trailers")
+    {
+        headers.remove(header::TE);
+    }
+}
+
+/// The request to send upstream in `proto`: origin-form URI and `Host` for HTTP/1.1,
+/// absolute URI (scheme + authority) for HTTP/2.
+fn upstream_request(
+    method: &hyper::Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    host: Option<&str>,
+    proto: Proto,
+    body: Body,
+) -> Request<Body> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let mut req = Request::new(body);
+    *req.method_mut() = method.clone();
+    *req.headers_mut() = headers.clone();
+    strip_hop_by_hop(req.headers_mut());
+    match proto {
+        Proto::Http1 => {
+            *req.version_mut() = Version::HTTP_11;
+            *req.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            if let Some(host) = host
+                && !req.headers().contains_key(header::HOST)
+                && let Ok(v) = HeaderValue::from_str(host)
+            {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        Proto::Http2 => {
+            *req.version_mut() = Version::HTTP_2;
+            req.headers_mut().remove(header::HOST);
+            let authority = host.unwrap_or("localhost");
+            *req.uri_mut() = Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+                .unwrap_or_else(|_| Uri::from_static("/"));
+        }
+    }
+    req
+}
+
+fn proto_of(version: Version) -> Proto {
+    if version == Version::HTTP_2 {
+        Proto::Http2
+    } else {
+        Proto::Http1
+    }
+}
+
+/// The retry policy of a route, in the decision module's terms.
+fn retry_policy(p: &route::RetryPolicy) -> retry::RetryPolicy {
+    let retry_on: RetryConditions = p
+        .retry_on
+        .iter()
+        .filter_map(|c| c.as_str().parse::<retry::RetryOn>().ok())
+        .collect();
+    retry::RetryPolicy {
+        retry_on,
+        num_retries: p.num_retries,
+        retriable_status_codes: p.retriable_status_codes.clone(),
+    }
+}
+
+/// How one attempt failed before response headers.
+#[derive(Debug)]
+enum AttemptError {
+    NoEndpoints,
+    Send(SendError),
+    Timeout,
+}
+
+impl AttemptError {
+    fn outcome(&self) -> AttemptOutcome {
+        match self {
+            AttemptError::NoEndpoints | AttemptError::Send(SendError::Connect(_)) => {
+                AttemptOutcome::ConnectFailure
+            }
+            AttemptError::Send(_) => AttemptOutcome::Reset,
+            AttemptError::Timeout => AttemptOutcome::PerTryTimeout,
+        }
+    }
+
+    fn response(&self, cluster: &str) -> Response<Body> {
+        match self {
+            AttemptError::NoEndpoints => local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no healthy upstream ({cluster})"),
+            ),
+            AttemptError::Send(SendError::Connect(e)) => local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("upstream connect error: {e}"),
+            ),
+            AttemptError::Send(e) => local(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            AttemptError::Timeout => local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+        }
+    }
+}
+
+/// What the access log and metrics record of one request.
+struct Served {
+    response: Response<Body>,
+    route: String,
+    upstream: Option<SocketAddr>,
+    peer_identity: Option<String>,
+}
+
+impl Served {
+    fn local(response: Response<Body>, route: impl Into<String>) -> Self {
+        Served {
+            response,
+            route: route.into(),
+            upstream: None,
+            peer_identity: None,
+        }
+    }
+}
+
+impl Proxy {
+    /// Serves a captured outbound connection detected as `proto` to `dst` with hyper.
+    pub(super) async fn serve_http_outbound<S>(
+        self: &Arc<Self>,
+        io: S,
+        proto: Proto,
+        dst: SocketAddr,
+    ) -> Result<(), ConnectionError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let proxy = self.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.outbound_request(dst, req).await) }
+        });
+        let io = TokioIo::new(io);
+        let result = match proto {
+            Proto::Http1 => {
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+            }
+            Proto::Http2 => {
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await
+            }
+        };
+        result.map_err(ConnectionError::Http)
+    }
+
+    async fn outbound_request(
+        self: &Arc<Self>,
+        dst: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let version = req.version();
+        let served = self.route_outbound(dst, req).await;
+        let status = served.response.status().as_u16();
+        let elapsed = start.elapsed();
+        self.http_metrics
+            .record("outbound", &served.route, status, elapsed);
+        info!(
+            target: "switchyard_sidecar::access",
+            direction = "outbound",
+            %method,
+            %path,
+            version = ?version,
+            status,
+            duration_us = elapsed.as_micros() as u64,
+            route = %served.route,
+            upstream = ?served.upstream,
+            source_identity = %self.settings.identity,
+            destination_identity = served.peer_identity.as_deref().unwrap_or("-"),
+            "request"
+        );
+        served.response
+    }
+
+    async fn route_outbound(self: &Arc<Self>, dst: SocketAddr, req: Request<Incoming>) -> Served {
+        let Some(config) = self.config.current() else {
+            return Served::local(
+                local(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet"),
+                "-",
+            );
+        };
+        let routes = match config.outbound(dst) {
+            Some(Outbound::Http {
+                routes: Some(rc), ..
+            }) => rc.clone(),
+            _ => {
+                return Served::local(
+                    local(
+                        StatusCode::NOT_FOUND,
+                        format!("no route configuration for {dst}"),
+                    ),
+                    "-",
+                );
+            }
+        };
+        let host = host_of(&req);
+        let vhost = host
+            .as_deref()
+            .and_then(|h| routes.virtual_host(h))
+            .or_else(|| routes.virtual_host(&dst.to_string()));
+        let Some(vhost) = vhost else {
+            return Served::local(
+                local(
+                    StatusCode::NOT_FOUND,
+                    format!("no virtual host for {}", host.as_deref().unwrap_or("-")),
+                ),
+                "-",
+            );
+        };
+        let Some(route) = vhost
+            .routes
+            .iter()
+            .find(|r| request_matches(&r.matcher, &req))
+        else {
+            return Served::local(
+                local(StatusCode::NOT_FOUND, "no route matched"),
+                vhost.name.clone(),
+            );
+        };
+        match &route.action {
+            RouteAction::DirectResponse(d) => {
+                let status =
+                    StatusCode::from_u16(d.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let mut r = match &d.body {
+                    Some(b) => local(status, String::from_utf8_lossy(b).into_owned()),
+                    None => {
+                        let mut r = Response::new(empty());
+                        *r.status_mut() = status;
+                        r
+                    }
+                };
+                r.headers_mut().remove(header::CONTENT_TYPE);
+                Served::local(r, route.name.clone())
+            }
+            RouteAction::Forward(f) => {
+                let mut served = self.forward(&config, f, host, req).await;
+                served.route = route.name.clone();
+                served
+            }
+        }
+    }
+
+    /// Sends `req` to one of `f`'s clusters, retrying as its policy allows.
+    async fn forward(
+        self: &Arc<Self>,
+        config: &SidecarConfig,
+        f: &Forward,
+        host: Option<String>,
+        req: Request<Incoming>,
+    ) -> Served {
+        let cluster = f.backends.pick(rand::rng().random()).to_string();
+        let proto = proto_of(req.version());
+        let policy = f.retry.as_ref().map(|p| (retry_policy(p), p));
+        let deadline = f.timeout.map(|t| Instant::now() + t);
+        let (parts, body) = req.into_parts();
+        // Keep the body for replay when retries may need it and it is small and known.
+        let length = body.size_hint().exact();
+        let mut stream = Some(body);
+        let replay: Option<Bytes> = match (&policy, length) {
+            (Some(_), Some(n)) if n <= MAX_REPLAY_BODY => match stream.take() {
+                Some(b) => match b.collect().await {
+                    Ok(c) => Some(c.to_bytes()),
+                    Err(e) => {
+                        return Served::local(
+                            local(StatusCode::BAD_REQUEST, format!("request body: {e}")),
+                            "-",
+                        );
+                    }
+                },
+                None => None,
+            },
+            _ => None,
+        };
+        let mut retries = 0u32;
+        loop {
+            let body = match (&replay, stream.take()) {
+                (Some(b), _) => Full::new(b.clone())
+                    .map_err(|never: Infallible| -> BoxError { match never {} })
+                    .boxed(),
+                (None, Some(s)) => incoming(s),
+                (None, None) => empty(),
+            };
+            let upstream_req = upstream_request(
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                host.as_deref(),
+                proto,
+                body,
+            );
+            let per_try = policy
+                .as_ref()
+                .and_then(|(_, p)| p.per_try_timeout)
+                .map(|t| Instant::now() + t);
+            let attempt_deadline = match (deadline, per_try) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let (result, upstream, identity) = self
+                .attempt(config, &cluster, proto, upstream_req, attempt_deadline)
+                .await;
+            let outcome = match &result {
+                Ok(r) => AttemptOutcome::Response {
+                    status: r.status().as_u16(),
+                    grpc_status: r
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok()),
+                },
+                Err(e) => e.outcome(),
+            };
+            let route_timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+            let may_replay = replay.is_some() || length == Some(0);
+            if let Some((p, route_policy)) = &policy
+                && may_replay
+                && !route_timed_out
+                && p.decide(&outcome, retries, &self.retry_budget) == RetryDecision::Retry
+            {
+                retries += 1;
+                self.http_metrics.retries.inc();
+                let wait = retry::backoff(
+                    retries,
+                    route_policy.backoff.base,
+                    route_policy.backoff.max,
+                    &mut rand::rng(),
+                );
+                debug!(%cluster, retries, wait_ms = wait.as_millis() as u64, outcome = ?outcome, "retrying");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            return match result {
+                Ok(r) => Served {
+                    response: r.map(incoming),
+                    route: String::new(),
+                    upstream,
+                    peer_identity: identity,
+                },
+                Err(e) => Served {
+                    response: e.response(&cluster),
+                    route: String::new(),
+                    upstream,
+                    peer_identity: identity,
+                },
+            };
+        }
+    }
+
+    /// One attempt: pick an endpoint of `cluster`, send, record how it went.
+    async fn attempt(
+        &self,
+        config: &SidecarConfig,
+        cluster: &str,
+        proto: Proto,
+        req: Request<Body>,
+        deadline: Option<Instant>,
+    ) -> (
+        Result<Response<Incoming>, AttemptError>,
+        Option<SocketAddr>,
+        Option<String>,
+    ) {
+        let Some(balancer) = self.balancers.load().get(cluster).cloned() else {
+            return (Err(AttemptError::NoEndpoints), None, None);
+        };
+        let Some(mut pick) = balancer.pick(&mut rand::rng()) else {
+            return (Err(AttemptError::NoEndpoints), None, None);
+        };
+        let addr = pick.addr();
+        let transport = transport_of(config, cluster, addr);
+        let identity = transport
+            .as_ref()
+            .and_then(|t| t.identity())
+            .map(|i| i.to_string());
+        let send = self
+            .pool
+            .send(addr, proto, req, || self.dial(addr, transport.clone()));
+        let result = match deadline {
+            Some(d) => tokio::time::timeout_at(d, send).await.ok(),
+            None => Some(send.await),
+        };
+        let result = match result {
+            Some(Ok(r)) => {
+                pick.record(if r.status().is_server_error() {
+                    Outcome::ServerError
+                } else {
+                    Outcome::Success
+                });
+                Ok(r)
+            }
+            None => {
+                pick.record(Outcome::ServerError);
+                Err(AttemptError::Timeout)
+            }
+            Some(Err(e @ SendError::Connect(_))) => {
+                pick.record(Outcome::ConnectFailure);
+                Err(AttemptError::Send(e))
+            }
+            Some(Err(e)) => {
+                pick.record(Outcome::ServerError);
+                Err(AttemptError::Send(e))
+            }
+        };
+        (result, Some(addr), identity)
+    }
+
+    /// A new upstream byte stream to `addr`: an HBONE tunnel for mesh endpoints, plain TCP
+    /// with the proxy mark otherwise.
+    async fn dial(&self, addr: SocketAddr, transport: Option<Transport>) -> io::Result<UpstreamIo> {
+        match transport {
+            Some(Transport::Hbone(mtls)) => {
+                let via = SocketAddr::new(addr.ip(), HBONE_PORT);
+                let expected = mtls
+                    .expected()
+                    .unwrap_or_else(|| Expected::TrustDomain(self.settings.trust_domain.clone()));
+                let stream = self
+                    .hbone
+                    .connect(addr, via, expected)
+                    .await
+                    .map_err(io::Error::other)?;
+                self.metrics.outbound_hbone.inc();
+                Ok(Box::new(stream))
+            }
+            _ => {
+                let stream =
+                    connect_marked(addr, self.settings.mark, self.settings.connect_timeout).await?;
+                self.metrics.outbound_plaintext.inc();
+                Ok(Box::new(stream))
+            }
+        }
+    }
+}
+
+/// The transport of endpoint `addr` of `cluster`.
+pub(super) fn transport_of(
+    config: &SidecarConfig,
+    cluster: &str,
+    addr: SocketAddr,
+) -> Option<Transport> {
+    config.endpoints(cluster).and_then(|eps| {
+        eps.iter()
+            .find(|(_, e)| e.address == addr)
+            .map(|(_, e)| e.transport.clone())
+    })
+}
+
+impl TunnelHandler {
+    /// Serves HTTP inside a tunnel from `peer` to the app at `target`: each request goes to
+    /// the app over a pooled connection with the caller's identity in
+    /// `x-forwarded-client-cert`.
+    pub(super) async fn serve_http_inbound<S>(self, io: S, peer: Peer, target: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let handler = Arc::new(self);
+        let peer = Arc::new(peer);
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let handler = handler.clone();
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(handler.inbound_request(&peer, target, req).await) }
+        });
+        let result = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), service)
+            .await;
+        if let Err(e) = result {
+            debug!(error = %e, %target, "inbound http connection ended with an error");
+        }
+    }
+
+    async fn inbound_request(
+        &self,
+        peer: &Peer,
+        target: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let start = Instant::now();
+        let proto = proto_of(req.version());
+        let host = host_of(&req);
+        let (parts, body) = req.into_parts();
+        let mut headers = parts.headers.clone();
+        headers.remove(XFCC);
+        if let Ok(v) = HeaderValue::from_str(&format!("By={};URI={}", self.identity, peer.identity))
+        {
+            headers.insert(XFCC, v);
+        }
+        let upstream = upstream_request(
+            &parts.method,
+            &parts.uri,
+            &headers,
+            host.as_deref(),
+            proto,
+            incoming(body),
+        );
+        let (mark, timeout) = (self.mark, self.connect_timeout);
+        let result = self
+            .pool
+            .send(target, proto, upstream, || async move {
+                let s = connect_marked(target, mark, timeout).await?;
+                Ok(Box::new(s) as UpstreamIo)
+            })
+            .await;
+        let response = match result {
+            Ok(r) => r.map(incoming),
+            Err(e) => local(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        };
+        let status = response.status().as_u16();
+        let elapsed = start.elapsed();
+        let route = format!("inbound|{}||", target.port());
+        self.http_metrics.record("inbound", &route, status, elapsed);
+        info!(
+            target: "switchyard_sidecar::access",
+            direction = "inbound",
+            method = %parts.method,
+            path = %parts.uri.path(),
+            status,
+            duration_us = elapsed.as_micros() as u64,
+            route = %route,
+            source_identity = %peer.identity,
+            destination_identity = %self.identity,
+            "request"
+        );
+        response
+    }
+}
