@@ -11,16 +11,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use switchyard_local_cluster::state::{ClusterState, Phase};
 use switchyard_local_cluster::{addressing, cgroup, ip};
 use switchyard_test_support::{eventually, netns};
-use switchyard_tests::yardctl::{self, Run};
-
-static SERIAL: Mutex<()> = Mutex::new(());
+use switchyard_tests::local::{Cluster, admin, as_root, in_model};
+use switchyard_tests::yardctl;
 
 const ECHO_POD: &str = "
 apiVersion: v1
@@ -79,150 +77,31 @@ spec:
     )
 }
 
-/// One local cluster of a test: unique name, temporary state and manifests; `down` on drop.
-struct Cluster {
-    name: String,
-    state_dir: tempfile::TempDir,
-    manifests: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn new(tag: char, files: &[(&str, &str)]) -> Self {
-        let name = format!("t{}{tag}", std::process::id() % 100_000);
-        let c = Self {
-            name,
-            state_dir: tempfile::tempdir().unwrap(),
-            manifests: tempfile::tempdir().unwrap(),
-        };
-        for (file, text) in files {
-            c.write(file, text);
+/// The control plane's EDS for `echo` as a pod of `demo` would get it: endpoint IPs.
+async fn echo_endpoints() -> BTreeSet<Ipv4Addr> {
+    let path =
+        "/debug/config_dump?proxy=sidecar~10.244.1.250~probe.demo~demo.svc.cluster.local&type=eds";
+    let Ok((200, body)) = admin(path).await else {
+        return BTreeSet::new();
+    };
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut ips = BTreeSet::new();
+    for r in v["resources"]["eds"].as_array().into_iter().flatten() {
+        if r["name"] != "outbound|80||echo.demo.svc.cluster.local" {
+            continue;
         }
-        c
-    }
-
-    fn write(&self, file: &str, text: &str) {
-        std::fs::write(self.manifests.path().join(file), text).unwrap();
-    }
-
-    fn state_path(&self) -> PathBuf {
-        self.state_dir.path().join("state")
-    }
-
-    fn args<'a>(&'a self, sub: &'a str, state: &'a str) -> Vec<&'a str> {
-        vec!["dev", sub, "--name", &self.name, "--state-dir", state]
-    }
-
-    async fn yardctl(&self, sub: &str, extra: &[&str]) -> Run {
-        let state = self.state_path().display().to_string();
-        let mut args = self.args(sub, &state);
-        args.extend_from_slice(extra);
-        yardctl::run(&args).await
-    }
-
-    fn up_command(&self, nodes: u8) -> tokio::process::Command {
-        let state = self.state_path().display().to_string();
-        let manifests = self.manifests.path().display().to_string();
-        let nodes = nodes.to_string();
-        let mut args = self.args("up", &state);
-        args.extend_from_slice(&["--nodes", &nodes, "--manifests", &manifests]);
-        yardctl::command(&args)
-    }
-
-    /// `dev up`; returns how long it took.
-    async fn up(&self, nodes: u8) -> Duration {
-        let started = Instant::now();
-        let run = yardctl::finish(self.up_command(nodes).spawn().unwrap()).await;
-        let took = started.elapsed();
-        run.ok();
-        took
-    }
-
-    fn state(&self) -> ClusterState {
-        ClusterState::load(&self.state_path())
-            .unwrap()
-            .expect("a state file")
-    }
-
-    fn pods_of(&self, owner: &str) -> Vec<switchyard_local_cluster::PodState> {
-        self.state()
-            .pods
-            .into_values()
-            .filter(|p| p.owner.as_deref() == Some(owner))
-            .collect()
-    }
-
-    async fn exec(&self, target: &str, command: &[&str]) -> Run {
-        let mut extra = vec![target, "--"];
-        extra.extend_from_slice(command);
-        self.yardctl("exec", &extra).await
-    }
-
-    /// The control plane's EDS for `echo` as a pod of `demo` would get it: endpoint IPs.
-    async fn echo_endpoints(&self) -> BTreeSet<Ipv4Addr> {
-        let path = "/debug/config_dump?proxy=sidecar~10.244.1.250~probe.demo~demo.svc.cluster.local&type=eds";
-        let Ok((200, body)) = admin(path).await else {
-            return BTreeSet::new();
-        };
-        let v: Value = serde_json::from_str(&body).unwrap();
-        let mut ips = BTreeSet::new();
-        for r in v["resources"]["eds"].as_array().into_iter().flatten() {
-            if r["name"] != "outbound|80||echo.demo.svc.cluster.local" {
-                continue;
-            }
-            for group in r["resource"]["endpoints"].as_array().into_iter().flatten() {
-                for ep in group["lbEndpoints"].as_array().into_iter().flatten() {
-                    if let Some(ip) = ep["endpoint"]["address"]["socketAddress"]["address"]
-                        .as_str()
-                        .and_then(|a| a.parse().ok())
-                    {
-                        ips.insert(ip);
-                    }
+        for group in r["resource"]["endpoints"].as_array().into_iter().flatten() {
+            for ep in group["lbEndpoints"].as_array().into_iter().flatten() {
+                if let Some(ip) = ep["endpoint"]["address"]["socketAddress"]["address"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                {
+                    ips.insert(ip);
                 }
             }
         }
-        ips
     }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // A failed test still leaves the machine clean.
-        if let Ok(bin) = switchyard_test_support::echo_process::workspace_binary("yardctl") {
-            let state = self.state_path();
-            let _ = std::process::Command::new(bin)
-                .args(["dev", "down", "--name", &self.name, "--state-dir"])
-                .arg(&state)
-                .output();
-        }
-    }
-}
-
-/// GET from the control plane's admin port through the host link.
-async fn admin(path: &str) -> anyhow::Result<(u16, String)> {
-    switchyard_tests::http(
-        SocketAddr::from((addressing::CONTROL_PLANE_IP, 15014)),
-        "GET",
-        path,
-    )
-    .await
-}
-
-async fn in_model(namespace: &str, pod: &str) -> bool {
-    matches!(
-        admin(&format!("/debug/mode?namespace={namespace}&pod={pod}")).await,
-        Ok((200, _))
-    )
-}
-
-fn as_root(test: impl std::future::Future<Output = ()>) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    netns::enter_private().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(test);
+    ips
 }
 
 /// A connect from namespace `ns`; how it failed and how long that took.
@@ -428,7 +307,7 @@ fn the_model_follows_deletes_restarts_scaling_and_keeps_the_last_good_manifests(
         let first: BTreeSet<Ipv4Addr> = c.pods_of("echo").iter().map(|p| p.ip).collect();
         assert_eq!(first.len(), 2);
         let eps = eventually(Duration::from_secs(5), "two echo endpoints", || async {
-            let eps = c.echo_endpoints().await;
+            let eps = echo_endpoints().await;
             (eps == first).then_some(eps)
         })
         .await;
@@ -443,7 +322,7 @@ fn the_model_follows_deletes_restarts_scaling_and_keeps_the_last_good_manifests(
             "the deleted pod out of model and endpoints",
             || async {
                 let gone = !in_model("demo", &victim.name).await
-                    && !c.echo_endpoints().await.contains(&victim.ip);
+                    && !echo_endpoints().await.contains(&victim.ip);
                 gone.then_some(())
             },
         )
@@ -461,7 +340,7 @@ fn the_model_follows_deletes_restarts_scaling_and_keeps_the_last_good_manifests(
         )
         .await;
         let after_delete = eventually(Duration::from_secs(5), "a replacement endpoint", || async {
-            let eps = c.echo_endpoints().await;
+            let eps = echo_endpoints().await;
             (eps.len() == 2 && !eps.contains(&victim.ip)).then_some(eps)
         })
         .await;
@@ -517,7 +396,7 @@ fn the_model_follows_deletes_restarts_scaling_and_keeps_the_last_good_manifests(
         // Scale 2 -> 4: two new pods, two new addresses, four endpoints.
         c.write("app.yaml", &deployment(4));
         let scaled = eventually(Duration::from_secs(5), "four echo endpoints", || async {
-            let eps = c.echo_endpoints().await;
+            let eps = echo_endpoints().await;
             (eps.len() == 4).then_some(eps)
         })
         .await;
@@ -545,7 +424,7 @@ fn the_model_follows_deletes_restarts_scaling_and_keeps_the_last_good_manifests(
         let table = c.yardctl("status", &[]).await.ok().stdout;
         assert!(table.contains("broken.yaml"), "{table}");
         assert_eq!(c.pods_of("echo").len(), 4);
-        assert_eq!(c.echo_endpoints().await, scaled);
+        assert_eq!(echo_endpoints().await, scaled);
         std::fs::remove_file(c.manifests.path().join("broken.yaml")).unwrap();
         eventually(Duration::from_secs(5), "the problem cleared", || async {
             c.state().manifest_problems.is_empty().then_some(())
@@ -556,7 +435,7 @@ fn the_model_follows_deletes_restarts_scaling_and_keeps_the_last_good_manifests(
         // Scale 4 -> 1: the three newest go, endpoints follow.
         c.write("app.yaml", &deployment(1));
         let one = eventually(Duration::from_secs(5), "one echo endpoint", || async {
-            let eps = c.echo_endpoints().await;
+            let eps = echo_endpoints().await;
             (eps.len() == 1).then_some(eps)
         })
         .await;
