@@ -586,6 +586,15 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
                     let mut out = String::new();
                     stats_proxy.metrics().render(&mut out);
                     stats_proxy.http_metrics().render(&mut out);
+                    for (cluster, counts) in stats_proxy.balancer_counts() {
+                        if counts.ejections > 0 || counts.panic_picks > 0 {
+                            let _ = writeln!(
+                                out,
+                                "balancer {cluster}: ejections={} ejections_overflow={} panic_picks={}",
+                                counts.ejections, counts.ejections_overflow, counts.panic_picks
+                            );
+                        }
+                    }
                     let _ = writeln!(
                         out,
                         "detection: {:?}",

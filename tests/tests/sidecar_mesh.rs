@@ -100,6 +100,43 @@ spec:
     backendRefs: [{name: echo, port: 80}]
   - backendRefs: [{name: echo, port: 80}]
 ---
+# `flaky` has a working pod and a dead one: its app does not listen on the Service's port,
+# so its sidecar answers 503 to every request (an endpoint whose process is gone).
+apiVersion: v1
+kind: Pod
+metadata: {name: flaky-good, namespace: shop, labels: {app: flaky}}
+spec:
+  containers:
+  - name: echo
+    command: [switchyard-echo, serve, --http, '0.0.0.0:8080']
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: flaky-dead, namespace: shop, labels: {app: flaky}}
+spec:
+  containers:
+  - name: echo
+    command: [switchyard-echo, serve, --http, '0.0.0.0:8081']
+---
+apiVersion: v1
+kind: Service
+metadata: {name: flaky, namespace: shop}
+spec:
+  selector: {app: flaky}
+  ports:
+  - {name: http, port: 80, targetPort: 8080, appProtocol: http}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: flaky, namespace: shop}
+spec:
+  parentRefs: [{group: '', kind: Service, name: flaky, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /retry}}]
+    retry: {codes: [503], attempts: 2, backoff: 10ms}
+    backendRefs: [{name: flaky, port: 80}]
+  - backendRefs: [{name: flaky, port: 80}]
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: shop, labels: {app: client}}
@@ -454,6 +491,79 @@ fn sidecars_carry_http_grpc_and_tcp_over_hbone_with_identity_policy_and_routes()
         get(&c, "client", &[&format!("http://{echo}/fast?delay_ms=500")])
             .await
             .unwrap();
+
+        // Retry on 503: requests to `flaky` succeed although one of its two endpoints
+        // answers 503 to everything, and the client's sidecar counts the retries.
+        let flaky = vip(&c, "shop/flaky");
+        let client_stats = || async {
+            c.exec(
+                "client",
+                &["switchyard-echo", "get", "http://127.0.0.1:15000/stats"],
+            )
+            .await
+            .stdout
+        };
+        let retries = |stats: &str| -> u64 {
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix("http_retries: "))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        let before = retries(&client_stats().await);
+        let ejected = "balancer outbound|80||flaky.shop.svc.cluster.local: ejections=";
+        let deadline = Instant::now() + WAIT;
+        let mut sent = 0u64;
+        loop {
+            // Eight requests in flight keep the working endpoint busy, so the balancer also
+            // sends first attempts to the dead one; each of those is retried elsewhere.
+            let report = load(
+                &c,
+                "client",
+                &[
+                    "--http",
+                    &format!("http://{flaky}/retry"),
+                    "--max-rate",
+                    "--connections",
+                    "8",
+                    "--duration",
+                    "1s",
+                ],
+            )
+            .await;
+            assert_eq!(report["errors"], 0, "{report}");
+            assert_eq!(report["backends"].as_object().unwrap().len(), 1, "{report}");
+            sent += report["ok"].as_u64().unwrap();
+            // Outlier ejection: five 5xx in a row take the dead endpoint out.
+            if client_stats().await.contains(ejected) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the dead endpoint was never ejected"
+            );
+        }
+        let stats = client_stats().await;
+        let retried = retries(&stats) - before;
+        eprintln!(
+            "flaky: {sent} requests, all answered 200, {retried} retried, dead endpoint ejected"
+        );
+        assert!(retried > 0, "no retries counted:\n{stats}");
+        // Ejected, the dead endpoint gets nothing: a route without retries succeeds too.
+        let report = load(
+            &c,
+            "client",
+            &[
+                "--http",
+                &format!("http://{flaky}/plain"),
+                "--rate",
+                "100",
+                "--duration",
+                "1s",
+            ],
+        )
+        .await;
+        assert_eq!(report["errors"], 0, "{report}");
 
         // Control plane restart: traffic keeps flowing on the last configuration, and the
         // sidecars reconnect.

@@ -258,12 +258,29 @@ impl<C: Clock> Balancer<C> {
     /// Picks an endpoint, or `None` when the set is empty. The endpoint counts the pick as
     /// pending until the [`Pick`] is dropped.
     pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<Pick<C>> {
+        self.pick_avoiding(rng, &[])
+    }
+
+    /// Like [`Balancer::pick`], but endpoints in `avoid` (those a request already tried) are
+    /// chosen only when no other endpoint is left: Envoy's `previous_hosts` retry predicate.
+    pub fn pick_avoiding<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        avoid: &[SocketAddr],
+    ) -> Option<Pick<C>> {
         let set = self.inner.set.load();
         let now = self.inner.clock.now();
         let index = match set.entries.len() {
             0 => return None,
             1 => 0,
-            _ => self.choose(&set, rng, now),
+            _ => {
+                let fresh = |i: usize| !avoid.contains(&set.entries[i].state.addr);
+                if avoid.is_empty() || set.draw_where(rng, fresh).is_none() {
+                    self.choose(&set, rng, now, |_| true)
+                } else {
+                    self.choose(&set, rng, now, fresh)
+                }
+            }
         };
         Some(self.pick_entry(&set.entries[index], now))
     }
@@ -287,10 +304,17 @@ impl<C: Clock> Balancer<C> {
         }
     }
 
-    /// Power of two choices among the endpoints not ejected (all of them if none is left).
-    fn choose<R: Rng + ?Sized>(&self, set: &EndpointSet, rng: &mut R, now: Instant) -> usize {
+    /// Power of two choices among the `allowed` endpoints not ejected (all allowed ones if
+    /// none is left; `allowed` must hold for at least one).
+    fn choose<R: Rng + ?Sized>(
+        &self,
+        set: &EndpointSet,
+        rng: &mut R,
+        now: Instant,
+        allowed: impl Fn(usize) -> bool,
+    ) -> usize {
         let now_ns = self.inner.ns(now);
-        let up = |i: usize| !set.entries[i].state.outlier.is_ejected(now_ns);
+        let up = |i: usize| allowed(i) && !set.entries[i].state.outlier.is_ejected(now_ns);
         let (a, b) = match set.draw_where(rng, up) {
             Some(a) => (a, set.draw_where(rng, |i| i != a && up(i))),
             None => {
@@ -298,8 +322,10 @@ impl<C: Clock> Balancer<C> {
                     .counters
                     .panic_picks
                     .fetch_add(1, Ordering::Relaxed);
-                let a = set.draw(rng);
-                (a, set.draw_where(rng, |i| i != a))
+                let a = set
+                    .draw_where(rng, &allowed)
+                    .unwrap_or_else(|| set.draw(rng));
+                (a, set.draw_where(rng, |i| i != a && allowed(i)))
             }
         };
         let Some(b) = b else { return a };

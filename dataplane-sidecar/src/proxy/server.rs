@@ -416,6 +416,18 @@ impl Proxy {
         })
     }
 
+    /// Each cluster's balancer counters (ejections), by cluster name.
+    pub fn balancer_counts(&self) -> Vec<(String, super::balance::BalancerCounts)> {
+        let mut out: Vec<_> = self
+            .balancers
+            .load()
+            .iter()
+            .map(|(name, b)| (name.clone(), b.counts()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// The HTTP counters.
     pub fn http_metrics(&self) -> &HttpMetrics {
         &self.http_metrics

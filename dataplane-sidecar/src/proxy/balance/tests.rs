@@ -307,3 +307,22 @@ fn concurrent_picks_balance_their_pending_counts() {
     }
     assert!(b.endpoints().iter().all(|s| s.pending == 0));
 }
+
+#[test]
+fn a_retry_avoids_the_endpoints_already_tried_while_others_are_left() {
+    let (b, _clock) = balancer(3, OutlierConfig::default());
+    let mut r = rng();
+    for _ in 0..200 {
+        let p = b.pick_avoiding(&mut r, &[addr(1), addr(2)]).unwrap();
+        assert_eq!(p.addr(), addr(3));
+    }
+    // All tried: any endpoint is better than none.
+    let all = [addr(1), addr(2), addr(3)];
+    assert!(b.pick_avoiding(&mut r, &all).is_some());
+    // Nothing to avoid: every endpoint still gets picks.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        seen.insert(b.pick_avoiding(&mut r, &[]).unwrap().addr());
+    }
+    assert_eq!(seen.len(), 3);
+}

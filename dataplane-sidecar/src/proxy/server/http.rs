@@ -27,6 +27,8 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng as _;
+#[cfg(test)]
+use std::time::Duration;
 use switchyard_dataplane_runtime::hbone::{HBONE_PORT, Peer};
 use switchyard_dataplane_runtime::tls::Expected;
 use tokio::time::Instant;
@@ -474,6 +476,8 @@ impl Proxy {
             _ => None,
         };
         let mut retries = 0u32;
+        // Endpoints tried so far: a retry goes elsewhere when it can (`previous_hosts`).
+        let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
             let body = match (&replay, stream.take()) {
                 (Some(b), _) => Full::new(b.clone())
@@ -499,8 +503,16 @@ impl Proxy {
                 (a, b) => a.or(b),
             };
             let (result, upstream, identity) = self
-                .attempt(config, &cluster, proto, upstream_req, attempt_deadline)
+                .attempt(
+                    config,
+                    &cluster,
+                    proto,
+                    upstream_req,
+                    attempt_deadline,
+                    &tried,
+                )
                 .await;
+            tried.extend(upstream);
             let outcome = match &result {
                 Ok(r) => AttemptOutcome::Response {
                     status: r.status().as_u16(),
@@ -556,6 +568,7 @@ impl Proxy {
         proto: Proto,
         req: Request<Body>,
         deadline: Option<Instant>,
+        avoid: &[SocketAddr],
     ) -> (
         Result<Response<Incoming>, AttemptError>,
         Option<SocketAddr>,
@@ -564,7 +577,7 @@ impl Proxy {
         let Some(balancer) = self.balancers.load().get(cluster).cloned() else {
             return (Err(AttemptError::NoEndpoints), None, None);
         };
-        let Some(mut pick) = balancer.pick(&mut rand::rng()) else {
+        let Some(mut pick) = balancer.pick_avoiding(&mut rand::rng(), avoid) else {
             return (Err(AttemptError::NoEndpoints), None, None);
         };
         let addr = pick.addr();
@@ -723,3 +736,6 @@ impl TunnelHandler {
         response
     }
 }
+
+#[cfg(test)]
+mod tests;
