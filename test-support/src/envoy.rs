@@ -119,7 +119,8 @@ impl EnvoyOptions {
     }
 
     /// The bootstrap these options describe: ADS for CDS and LDS through the static `xds`
-    /// cluster, admin on `127.0.0.1:0`.
+    /// cluster, admin on `127.0.0.1:0`, and the `envoy.bootstrap.internal_listener`
+    /// extension that the HBONE listeners rendered for kind `envoy` need.
     pub fn bootstrap(&self) -> Value {
         let api_type = if self.delta { "DELTA_GRPC" } else { "GRPC" };
         let mut clusters = vec![json!({
@@ -178,6 +179,12 @@ impl EnvoyOptions {
                 "lds_config": {"ads": {}, "resource_api_version": "V3"},
             },
             "static_resources": {"clusters": clusters},
+            "bootstrap_extensions": [{
+                "name": "envoy.bootstrap.internal_listener",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
+                },
+            }],
             "admin": {
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
             },
@@ -517,6 +524,10 @@ mod tests {
             "DELTA_GRPC"
         );
         assert_eq!(delta["node"]["metadata"]["DATAPLANE_KIND"], "envoy");
+        assert_eq!(
+            sotw["bootstrap_extensions"][0]["name"], "envoy.bootstrap.internal_listener",
+            "HBONE (kind envoy) needs internal listeners"
+        );
         let endpoint = &sotw["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
             ["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
         assert_eq!(endpoint["port_value"], 15010);

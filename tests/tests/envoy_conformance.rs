@@ -514,3 +514,142 @@ async fn envoy_delta_reconnect_resumes_without_resending() {
     assert_eq!(spread.values().sum::<usize>(), 10);
     let _ = f.grpc_port;
 }
+
+/// Whether every entry of `dynamic_listeners` in a config dump is active (not warming, not
+/// rejected); the offending entries otherwise.
+fn inactive_listeners(dump: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for config in dump["configs"].as_array().into_iter().flatten() {
+        for l in config["dynamic_listeners"].as_array().into_iter().flatten() {
+            if l.get("active_state").is_none() || l.get("error_state").is_some() {
+                out.push(l.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Kind `envoy` with mesh endpoints and inbound ports gets the HBONE resources
+/// (`connect_originate|<id>`, `connect_terminate`, `connect_inbound|<port>`): Envoy ACKs
+/// them and every listener goes active. Traffic over them is tested in `mtls.rs` and
+/// `envoy_hbone.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_accepts_the_hbone_resources() {
+    let _one = ONE_ENVOY_AT_A_TIME.lock().await;
+    let listen = ip(4, 2);
+    let svc = |name: &str, vip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  clusterIP: {vip}\n  selector:\n    app: {name}\n  ports:\n  - name: http\n    port: 8080\n    targetPort: 18080\n  - name: grpc\n    port: 9090\n    targetPort: 19090\n    appProtocol: grpc\n  - name: tcp\n    port: 5432\n    targetPort: 5432\n"
+        )
+    };
+    let pod = |name: &str, app: &str, ip: IpAddr, mode: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    app: {app}\n    switchyard.io/dataplane-mode: {mode}\nspec:\n  serviceAccountName: {app}\n  containers:\n  - name: app\n    image: app\nstatus:\n  podIP: {ip}\n"
+        )
+    };
+    let cp = ControlPlane::start(&[(
+        "mesh.yaml",
+        vec![
+            namespace("default", Some("sidecar")),
+            svc("client", "10.96.0.40"),
+            svc("mesh", "10.96.0.41"),
+            pod("client-0", "client", listen, "sidecar"),
+            pod("mesh-1", "mesh", ip(4, 11), "sidecar"),
+            // outside the mesh: a plaintext endpoint in the same cluster as an HBONE one
+            pod("plain-1", "mesh", ip(4, 12), "none"),
+        ],
+    )])
+    .await
+    .unwrap();
+    let node_id = format!("envoy~{listen}~client-0.default~default.svc.cluster.local");
+    let agent = switchyard_tests::SdsAgentProcess::start(&cp, "default", "client", &node_id, 0)
+        .await
+        .unwrap();
+    let envoy = Envoy::start(
+        EnvoyOptions::new(node_id.clone(), cp.xds())
+            .delta(true)
+            .metadata("LISTEN_ADDRESS", listen.to_string())
+            .sds_socket(&agent.socket),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "envoy ACKs cds, eds, lds and rds", || async {
+        let z = cp.syncz().await.ok()?;
+        let row = z
+            .as_array()?
+            .iter()
+            .rev()
+            .find(|p| p["node"] == node_id.as_str())?
+            .clone();
+        ["cds", "eds", "lds", "rds"]
+            .iter()
+            .all(|t| row["types"][t]["state"] == "SYNCED")
+            .then_some(())
+    })
+    .await;
+    let dump = eventually(WAIT, "every listener active", || async {
+        let dump = envoy.config_dump().await.ok()?;
+        inactive_listeners(&dump).is_empty().then_some(dump)
+    })
+    .await;
+    let mut listeners = Vec::new();
+    collect_names(&dump, "dynamic_listeners", &mut listeners);
+    let mut clusters = Vec::new();
+    collect_names(&dump, "dynamic_active_clusters", &mut clusters);
+    let tunnel = "connect_originate|spiffe://cluster.local/ns/default/sa/mesh";
+    for want in [
+        tunnel,
+        "connect_terminate",
+        "connect_inbound|18080",
+        "connect_inbound|19090",
+        "outbound",
+        "inbound",
+    ] {
+        assert!(
+            listeners.iter().any(|l| l == want),
+            "listener {want} in {listeners:?}"
+        );
+    }
+    for want in [
+        tunnel,
+        "connect_inbound|18080",
+        "outbound|8080||mesh.default.svc.cluster.local",
+    ] {
+        assert!(
+            clusters.iter().any(|c| c == want),
+            "cluster {want} in {clusters:?}\nenvoy log:\n{}",
+            envoy.log_tail()
+        );
+    }
+    // the TCP port is not behind an internal listener: CONNECT goes straight to the app
+    assert!(!listeners.iter().any(|l| l == "connect_inbound|5432"));
+    // the cluster's internal upstream transport socket is plain TCP for the endpoint
+    // outside the mesh (nobody answers HBONE for mesh-1 here: those requests fail)
+    let plain = EchoProcess::start("plain-1", Some(SocketAddr::new(ip(4, 12), 18080)), None)
+        .await
+        .unwrap();
+    let outbound = SocketAddr::new(listen, 15001);
+    eventually(WAIT, "an answer from the plaintext endpoint", || async {
+        let r = http_get(outbound, "mesh.default.svc.cluster.local:8080", "/")
+            .await
+            .ok()?;
+        (r.status == 200 && r.backend() == Some("plain-1")).then_some(())
+    })
+    .await;
+    drop(plain);
+    let z = cp.syncz().await.unwrap();
+    for row in z
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["node"] == node_id.as_str())
+    {
+        for (t, sync) in row["types"].as_object().unwrap() {
+            assert!(
+                sync["last_nack"].is_null(),
+                "{t} was NACKed: {sync}\nagent log:\n{}",
+                agent.log()
+            );
+        }
+    }
+}

@@ -17,6 +17,35 @@
 //! per-pod proxy (mode `sidecar`); the inbound listener terminates mTLS per port as the
 //! port's PeerAuthentication mode says (STRICT, PERMISSIVE via the TLS inspector, DISABLE)
 //! and tells the app who called in `x-forwarded-client-cert`.
+//!
+//! The two kinds differ only in how mTLS endpoints are reached ([`MeshTransport`]):
+//! * `sidecar` (Switchyard's micro-sidecar): as above; the sidecar reads the `tlsMode`
+//!   transport socket match as "open an HBONE tunnel" and does the rest itself.
+//! * `envoy` (stock Envoy 1.40): HBONE, built from Envoy's own extensions. Its bootstrap must
+//!   enable `envoy.bootstrap.internal_listener`.
+//!   * Originate. In the outbound clusters (same names) an mTLS endpoint is an
+//!     `envoy_internal_address` naming internal listener `connect_originate|<spiffe id>`
+//!     (one per identity of the scope's mTLS endpoints; `endpoint_id` = `<ip>:<port>`),
+//!     with host metadata `envoy.filters.listener.original_dst: {local: "<ip>:<port>"}`.
+//!     The cluster's transport socket is `internal_upstream`, which passes that metadata to
+//!     the internal listener, whose original destination listener filter restores it as
+//!     the connection's local address. Its TCP proxy tunnels the bytes in an HTTP/2
+//!     `CONNECT` with authority `%DOWNSTREAM_LOCAL_ADDRESS%` (= `<ip>:<port>`) through
+//!     cluster `connect_originate|<spiffe id>`: ORIGINAL_DST with the port overridden to
+//!     15008, HTTP/2, TLS 1.3 with ALPN `h2`, SDS `default`, trust from `ROOTCA` and a SAN
+//!     matcher for exactly that identity (one cluster per identity, so each destination is
+//!     checked against the identity the model gives it, not a union).
+//!   * Terminate (when the pod serves any port). Listener `connect_terminate` on
+//!     `<listen>:15008`: mTLS (client certificate required, TLS 1.3, ALPN `h2`), an HTTP/2
+//!     HCM that accepts `CONNECT` with one virtual host per inbound port (domain
+//!     `<pod ip>:<port>`, route `connect_matcher` with `connect_config`), so a port the pod
+//!     does not serve, or another IP, answers 404. TCP ports go straight to `inbound|<port>||`. HTTP ports go to
+//!     cluster `connect_inbound|<port>`, an internal listener of the same name whose HCM
+//!     parses the tunnelled requests, removes any client-sent `x-forwarded-client-cert` and
+//!     sets it to `By=<own id>;URI=<caller id>` from filter state `switchyard.hbone.xfcc`,
+//!     which `connect_terminate` sets from the client certificate and shares with the
+//!     upstream (internal) connection; then `inbound|<port>||`.
+//!   * The `inbound` listener on 15006 keeps its STRICT/PERMISSIVE/DISABLE chains.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -45,6 +74,33 @@ use super::secret::{TLS_MODE_KEY, TLS_MODE_MTLS, downstream_mtls, inbound_accept
 use super::{RenderOptions, ServiceResources, cluster_name, duration, hostname};
 use crate::snapshot::{Resource, ResourceMap};
 
+mod hbone;
+
+pub use hbone::{
+    CONNECT_INBOUND, CONNECT_ORIGINATE, CONNECT_TERMINATE, HBONE_PORT, XFCC_FILTER_STATE,
+    inbound_name, originate_name,
+};
+
+/// How a kind of Envoy API proxy reaches endpoints whose pods terminate Switchyard mTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MeshTransport {
+    /// The outbound cluster's `tlsMode` transport socket match (the micro-sidecar tunnels
+    /// these endpoints over HBONE itself).
+    Mtls,
+    /// HBONE through Envoy's internal listeners (stock Envoy).
+    Hbone,
+}
+
+impl MeshTransport {
+    /// The transport of a proxy kind.
+    pub fn of(kind: switchyard_model::ProxyKind) -> MeshTransport {
+        match kind {
+            switchyard_model::ProxyKind::Envoy => MeshTransport::Hbone,
+            _ => MeshTransport::Mtls,
+        }
+    }
+}
+
 /// Outbound capture port.
 pub const OUTBOUND_PORT: u16 = 15001;
 /// Inbound capture port.
@@ -71,6 +127,14 @@ pub struct ServiceParts {
     pub plaintext_clusters: Vec<Arc<Resource>>,
     /// One ClusterLoadAssignment per port.
     pub load_assignments: Vec<Arc<Resource>>,
+    /// The clusters for [`MeshTransport::Hbone`] (the same `Arc` when a port has no mTLS
+    /// endpoints).
+    pub hbone_clusters: Vec<Arc<Resource>>,
+    /// The ClusterLoadAssignments for [`MeshTransport::Hbone`] (the same `Arc` when a port
+    /// has no mTLS endpoints).
+    pub hbone_load_assignments: Vec<Arc<Resource>>,
+    /// Identities of the mTLS endpoints over all ports.
+    pub identities: BTreeSet<SpiffeId>,
     /// HTTP ports: (port, virtual host with FQDN domains, whether it is the service's primary
     /// HTTP port).
     pub vhosts: Vec<(u16, route::VirtualHost, bool)>,
@@ -90,6 +154,9 @@ pub fn service_parts(view: &ServiceView, opts: &RenderOptions) -> ServiceParts {
         clusters: Vec::new(),
         plaintext_clusters: Vec::new(),
         load_assignments: Vec::new(),
+        hbone_clusters: Vec::new(),
+        hbone_load_assignments: Vec::new(),
+        identities: BTreeSet::new(),
         vhosts: Vec::new(),
         tcp_chains: Vec::new(),
     };
@@ -116,12 +183,31 @@ pub fn service_parts(view: &ServiceView, opts: &RenderOptions) -> ServiceParts {
                 &eds_cluster(&name, pv.port.protocol, &[], opts),
             )
         });
-        parts.clusters.push(cluster);
-        parts.load_assignments.push(Resource::new(
+        let cla = Resource::new(
             TypeUrl::ClusterLoadAssignment,
             name.as_str(),
             &load_assignment(&name, &pv.endpoints),
-        ));
+        );
+        if sans.is_empty() {
+            parts.hbone_clusters.push(cluster.clone());
+            parts.hbone_load_assignments.push(cla.clone());
+        } else {
+            let mut hbone_cluster = eds_cluster(&name, pv.port.protocol, &[], opts);
+            hbone_cluster.transport_socket = Some(hbone::internal_upstream());
+            parts.hbone_clusters.push(Resource::new(
+                TypeUrl::Cluster,
+                name.as_str(),
+                &hbone_cluster,
+            ));
+            parts.hbone_load_assignments.push(Resource::new(
+                TypeUrl::ClusterLoadAssignment,
+                name.as_str(),
+                &load_assignment_for(&name, &pv.endpoints, MeshTransport::Hbone),
+            ));
+            parts.identities.extend(sans.iter().map(|id| (*id).clone()));
+        }
+        parts.clusters.push(cluster);
+        parts.load_assignments.push(cla);
         if reserved(pv.port.port) {
             continue;
         }
@@ -609,6 +695,14 @@ pub(crate) fn socket_address(ip: IpAddr, port: u16) -> core::Address {
     }
 }
 
+fn health_status(healthy: bool) -> i32 {
+    if healthy {
+        core::HealthStatus::Healthy as i32
+    } else {
+        core::HealthStatus::Unhealthy as i32
+    }
+}
+
 fn lb_endpoint(ip: IpAddr, port: u16, healthy: bool, mtls: bool) -> endpoint::LbEndpoint {
     endpoint::LbEndpoint {
         metadata: mtls.then(|| core::Metadata {
@@ -618,11 +712,7 @@ fn lb_endpoint(ip: IpAddr, port: u16, healthy: bool, mtls: bool) -> endpoint::Lb
             )]),
             ..Default::default()
         }),
-        health_status: if healthy {
-            core::HealthStatus::Healthy as i32
-        } else {
-            core::HealthStatus::Unhealthy as i32
-        },
+        health_status: health_status(healthy),
         host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
             endpoint::Endpoint {
                 address: Some(socket_address(ip, port)),
@@ -636,6 +726,15 @@ fn lb_endpoint(ip: IpAddr, port: u16, healthy: bool, mtls: bool) -> endpoint::Lb
 /// Endpoints grouped by locality; each locality weighs as many as its healthy endpoints
 /// (at least 1, which Envoy and gRPC both require).
 pub(crate) fn load_assignment(name: &str, eps: &[Endpoint]) -> endpoint::ClusterLoadAssignment {
+    load_assignment_for(name, eps, MeshTransport::Mtls)
+}
+
+/// [`load_assignment`] with the mTLS endpoints in the shape `transport` needs.
+fn load_assignment_for(
+    name: &str,
+    eps: &[Endpoint],
+    transport: MeshTransport,
+) -> endpoint::ClusterLoadAssignment {
     let mut by_locality: BTreeMap<&Locality, Vec<&Endpoint>> = BTreeMap::new();
     for e in eps {
         by_locality.entry(&e.locality).or_default().push(e);
@@ -654,7 +753,12 @@ pub(crate) fn load_assignment(name: &str, eps: &[Endpoint]) -> endpoint::Cluster
                     }),
                     lb_endpoints: list
                         .iter()
-                        .map(|e| lb_endpoint(e.ip, e.port, e.healthy, is_mtls(e)))
+                        .map(|e| match (transport, &e.identity) {
+                            (MeshTransport::Hbone, Some(id)) if is_mtls(e) => {
+                                hbone::lb_endpoint(e.ip, e.port, id, health_status(e.healthy))
+                            }
+                            _ => lb_endpoint(e.ip, e.port, e.healthy, is_mtls(e)),
+                        })
                         .collect(),
                     load_balancing_weight: Some(wkt::UInt32Value {
                         value: healthy.max(1),
@@ -799,20 +903,49 @@ fn port_match(port: u16) -> Option<listener::FilterChainMatch> {
     })
 }
 
-/// Scope-wide CDS, EDS and RDS maps.
+/// Scope-wide CDS, EDS and RDS maps; with [`MeshTransport::Hbone`] also LDS (the
+/// `connect_originate|<id>` internal listeners).
 pub fn scope_maps(
     scope: &Scope,
     services: &[(Arc<ServiceView>, Arc<ServiceResources>)],
     opts: &RenderOptions,
+    transport: MeshTransport,
 ) -> BTreeMap<TypeUrl, Arc<ResourceMap>> {
     let parts: Vec<(&Arc<ServiceView>, &ServiceParts)> = services
         .iter()
         .map(|(v, r)| (v, r.envoy.get_or_init(|| service_parts(v, opts))))
         .collect();
+    let hbone = transport == MeshTransport::Hbone;
     let mut clusters: Vec<Arc<Resource>> = parts
         .iter()
-        .flat_map(|(_, p)| p.clusters.iter().cloned())
+        .flat_map(|(_, p)| {
+            if hbone {
+                p.hbone_clusters.iter().cloned()
+            } else {
+                p.clusters.iter().cloned()
+            }
+        })
         .collect();
+    let mut tunnel_listeners = Vec::new();
+    if hbone {
+        let identities: BTreeSet<&SpiffeId> = parts
+            .iter()
+            .flat_map(|(_, p)| p.identities.iter())
+            .collect();
+        for id in identities {
+            let name = originate_name(id);
+            clusters.push(Resource::new(
+                TypeUrl::Cluster,
+                name.as_str(),
+                &hbone::originate_cluster(id, opts),
+            ));
+            tunnel_listeners.push(Resource::new(
+                TypeUrl::Listener,
+                name.as_str(),
+                &hbone::originate_listener(id),
+            ));
+        }
+    }
     clusters.push(Resource::new(
         TypeUrl::Cluster,
         PASSTHROUGH_OUTBOUND,
@@ -823,9 +956,13 @@ pub fn scope_maps(
         PASSTHROUGH_INBOUND,
         &original_dst_cluster(PASSTHROUGH_INBOUND, opts),
     ));
-    let clas = parts
-        .iter()
-        .flat_map(|(_, p)| p.load_assignments.iter().cloned());
+    let clas = parts.iter().flat_map(|(_, p)| {
+        if hbone {
+            p.hbone_load_assignments.iter().cloned()
+        } else {
+            p.load_assignments.iter().cloned()
+        }
+    });
 
     let namespace = match &scope.key {
         switchyard_model::ScopeKey::Namespace(ns) => Some(ns.as_str()),
@@ -871,7 +1008,7 @@ pub fn scope_maps(
             ..Default::default()
         },
     ));
-    BTreeMap::from([
+    let mut maps = BTreeMap::from([
         (TypeUrl::Cluster, Arc::new(ResourceMap::new(clusters))),
         (
             TypeUrl::ClusterLoadAssignment,
@@ -881,7 +1018,14 @@ pub fn scope_maps(
             TypeUrl::RouteConfiguration,
             Arc::new(ResourceMap::new(routes)),
         ),
-    ])
+    ]);
+    if hbone {
+        maps.insert(
+            TypeUrl::Listener,
+            Arc::new(ResourceMap::new(tunnel_listeners)),
+        );
+    }
+    maps
 }
 
 /// The `outbound` listener of a scope, bound to `listen`.
@@ -933,11 +1077,14 @@ pub fn outbound_listener(
     Resource::new(TypeUrl::Listener, OUTBOUND_LISTENER, &l)
 }
 
-/// The proxy's own resources: the `inbound` listener and its clusters.
+/// The proxy's own resources: the `inbound` listener and its clusters; with
+/// [`MeshTransport::Hbone`] also `connect_terminate` and the `connect_inbound|<port>`
+/// listeners and clusters.
 pub fn own_maps(
     view: &ProxyView,
     listen: IpAddr,
     opts: &RenderOptions,
+    transport: MeshTransport,
 ) -> BTreeMap<TypeUrl, Arc<ResourceMap>> {
     let local: IpAddr = if listen.is_ipv6() {
         IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
@@ -1007,15 +1154,29 @@ pub fn own_maps(
         traffic_direction: core::TrafficDirection::Inbound as i32,
         ..Default::default()
     };
+    let mut listeners = vec![Resource::new(TypeUrl::Listener, INBOUND_LISTENER, &l)];
+    let hbone_ports: Vec<&switchyard_model::view::InboundPort> = view
+        .inbound
+        .iter()
+        .filter(|p| !reserved(p.port) && p.port != HBONE_PORT)
+        .collect();
+    // No port to serve, no 15008 listener: its TLS context would make Envoy wait for an
+    // SDS `default` that a proxy without a workload may have no agent for.
+    if transport == MeshTransport::Hbone && !hbone_ports.is_empty() {
+        let t = hbone::terminate(&hbone_ports, view.proxy.ip, listen, opts);
+        listeners.extend(
+            t.listeners
+                .iter()
+                .map(|l| Resource::new(TypeUrl::Listener, l.name.as_str(), l)),
+        );
+        clusters.extend(
+            t.clusters
+                .iter()
+                .map(|c| Resource::new(TypeUrl::Cluster, c.name.as_str(), c)),
+        );
+    }
     BTreeMap::from([
-        (
-            TypeUrl::Listener,
-            Arc::new(ResourceMap::new([Resource::new(
-                TypeUrl::Listener,
-                INBOUND_LISTENER,
-                &l,
-            )])),
-        ),
+        (TypeUrl::Listener, Arc::new(ResourceMap::new(listeners))),
         (TypeUrl::Cluster, Arc::new(ResourceMap::new(clusters))),
     ])
 }

@@ -1,7 +1,8 @@
 //! Renderers: thin functions from compiled views to wire resources, one per resource family,
 //! plus the caches that make a push cost proportional to what changed.
 //!
-//! * [`envoy`]: LDS/RDS/CDS/EDS for kinds `sidecar` and `envoy`.
+//! * [`envoy`]: LDS/RDS/CDS/EDS for kinds `sidecar` and `envoy` (which differ only in how
+//!   mesh endpoints are reached: [`envoy::MeshTransport`]).
 //! * [`grpc`]: `api_listener` LDS and RDS for proxyless gRPC (kind `grpc`); shares CDS/EDS
 //!   with [`envoy`].
 //! * [`workload`]: Switchyard's workload API for `ztunnel` and `ebpf`.
@@ -174,7 +175,7 @@ pub struct Generation {
     changed_at: Instant,
     cache: Arc<RenderCache>,
     options: Arc<RenderOptions>,
-    scopes: Mutex<HashMap<(ScopeKey, Family), TypeMaps>>,
+    scopes: Mutex<HashMap<(ScopeKey, Family, envoy::MeshTransport), TypeMaps>>,
     listeners: Mutex<HashMap<(ScopeKey, IpAddr), Arc<ResourceMap>>>,
     /// SDS secrets every proxy is sent (`ROOTCA`).
     secrets: OnceLock<Arc<ResourceMap>>,
@@ -229,14 +230,15 @@ impl Generation {
     }
 
     fn scope_maps(&self, view: &ProxyView, family: Family) -> TypeMaps {
-        let key = (view.scope.key.clone(), family);
+        let transport = envoy::MeshTransport::of(view.proxy.kind);
+        let key = (view.scope.key.clone(), family, transport);
         if let Some(s) = lock(&self.scopes).get(&key) {
             return s.clone();
         }
         let services = self.service_resources(view);
         let opts = &self.options;
         let maps = match family {
-            Family::EnvoyApi => envoy::scope_maps(&view.scope, &services, opts),
+            Family::EnvoyApi => envoy::scope_maps(&view.scope, &services, opts, transport),
             Family::Grpc => grpc::scope_maps(&services, opts),
             Family::WorkloadApi => {
                 let svc = ResourceMap::new(services.iter().map(|(v, r)| {
@@ -291,7 +293,12 @@ impl Generation {
             Some((k, layers)) if *k == own_key => layers.clone(),
             _ => {
                 let types = match family {
-                    Family::EnvoyApi => envoy::own_maps(&view, listen, &self.options),
+                    Family::EnvoyApi => envoy::own_maps(
+                        &view,
+                        listen,
+                        &self.options,
+                        envoy::MeshTransport::of(proxy.kind),
+                    ),
                     Family::Grpc => BTreeMap::new(),
                     Family::WorkloadApi => BTreeMap::from([(
                         TypeUrl::Authorization,

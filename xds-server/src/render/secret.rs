@@ -152,8 +152,17 @@ pub fn upstream_mtls(sans: &[&SpiffeId], http2: bool) -> core::TransportSocket {
 /// Inbound mTLS: any client with a certificate from the bundle (authorization decides what
 /// it may do).
 pub fn downstream_mtls() -> core::TransportSocket {
+    downstream(&["h2", "http/1.1"])
+}
+
+/// Inbound mTLS of the HBONE port: as [`downstream_mtls`], ALPN `h2` only.
+pub fn downstream_hbone_mtls() -> core::TransportSocket {
+    downstream(&["h2"])
+}
+
+fn downstream(alpn: &[&str]) -> core::TransportSocket {
     let ctx = tls::DownstreamTlsContext {
-        common_tls_context: Some(common(&[], &["h2", "http/1.1"])),
+        common_tls_context: Some(common(&[], alpn)),
         require_client_certificate: Some(wkt::BoolValue { value: true }),
         ..Default::default()
     };

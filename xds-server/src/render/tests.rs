@@ -166,6 +166,9 @@ fn snapshot(id: &str) -> crate::snapshot::Snapshot {
 }
 
 const ENVOY: &str = "envoy~10.244.0.11~echo-1.default~default.svc.cluster.local";
+/// The same pod with Switchyard's micro-sidecar: its golden (`sidecar.json`) is the output
+/// kind `envoy` had before HBONE, unchanged byte for byte.
+const SIDECAR: &str = "sidecar~10.244.0.11~echo-1.default~default.svc.cluster.local";
 const GRPC: &str = "grpc~10.244.0.50~client.default~default.svc.cluster.local";
 const ZTUNNEL: &str = "ztunnel~10.255.0.1~node-a~switchyard-system";
 
@@ -202,13 +205,14 @@ fn decode<M: Message + Default>(snap: &crate::snapshot::Snapshot, t: TypeUrl, na
 #[test]
 fn golden_snapshots_per_kind() {
     golden("envoy", &snapshot(ENVOY));
+    golden("sidecar", &snapshot(SIDECAR));
     golden("grpc", &snapshot(GRPC));
     golden("ztunnel", &snapshot(ZTUNNEL));
 }
 
 #[test]
 fn every_reference_resolves() {
-    for id in [ENVOY, GRPC, ZTUNNEL] {
+    for id in [ENVOY, SIDECAR, GRPC, ZTUNNEL] {
         snapshot(id)
             .check_consistency()
             .unwrap_or_else(|e| panic!("{id}: {e}"));
@@ -420,7 +424,7 @@ fn unchanged_services_are_not_rendered_again() {
 #[test]
 fn mtls_to_sidecar_endpoints_with_their_identities_and_rootca_for_every_kind() {
     use switchyard_protos::envoy::envoy::extensions::transport_sockets::tls::v3 as tls;
-    let snap = snapshot(ENVOY);
+    let snap = snapshot(SIDECAR);
     let c: switchyard_protos::envoy::envoy::config::cluster::v3::Cluster = decode(
         &snap,
         TypeUrl::Cluster,
@@ -488,4 +492,195 @@ fn mtls_to_sidecar_endpoints_with_their_identities_and_rootca_for_every_kind() {
         let ca = format!("{:?}", vc.trusted_ca.unwrap().specifier);
         assert!(ca.contains("TEST"), "{ca}");
     }
+}
+
+#[test]
+fn stock_envoy_originates_hbone_through_one_internal_listener_per_identity() {
+    use switchyard_protos::envoy::envoy::config::cluster::v3::{Cluster, cluster};
+    use switchyard_protos::envoy::envoy::config::core::v3 as core;
+    use switchyard_protos::envoy::envoy::config::endpoint::v3 as endpoint;
+    use switchyard_protos::envoy::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+    use switchyard_protos::envoy::envoy::extensions::transport_sockets::tls::v3 as tls;
+    let snap = snapshot(ENVOY);
+    let id = "spiffe://cluster.local/ns/default/sa/default";
+    let tunnel = format!("connect_originate|{id}");
+    // the outbound cluster keeps its name; its endpoints are the identity's internal listener
+    let c: Cluster = decode(
+        &snap,
+        TypeUrl::Cluster,
+        "outbound|8080||echo.default.svc.cluster.local",
+    );
+    assert!(c.transport_socket_matches.is_empty());
+    assert_eq!(
+        c.transport_socket.unwrap().name,
+        "envoy.transport_sockets.internal_upstream"
+    );
+    let cla: ClusterLoadAssignment = decode(
+        &snap,
+        TypeUrl::ClusterLoadAssignment,
+        "outbound|8080||echo.default.svc.cluster.local",
+    );
+    let mut targets = Vec::new();
+    for e in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
+        let Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+            panic!("no endpoint");
+        };
+        let Some(core::address::Address::EnvoyInternalAddress(a)) =
+            &ep.address.as_ref().unwrap().address
+        else {
+            panic!("not an internal address: {ep:?}");
+        };
+        assert_eq!(
+            format!("{:?}", a.address_name_specifier),
+            format!(
+                "{:?}",
+                Some(
+                    core::envoy_internal_address::AddressNameSpecifier::ServerListenerName(
+                        tunnel.clone()
+                    )
+                )
+            )
+        );
+        let md = &e.metadata.as_ref().unwrap().filter_metadata;
+        let local = &md["envoy.filters.listener.original_dst"].fields["local"];
+        assert_eq!(
+            format!("{:?}", local.kind),
+            format!(
+                "{:?}",
+                Some(switchyard_protos::wkt::value::Kind::StringValue(
+                    a.endpoint_id.clone()
+                ))
+            )
+        );
+        targets.push(a.endpoint_id.clone());
+    }
+    targets.sort();
+    assert_eq!(
+        targets,
+        [
+            "10.244.0.11:18080",
+            "10.244.0.12:18080",
+            "10.244.1.13:18080"
+        ]
+    );
+    // the internal listener tunnels to the restored destination ...
+    let l: Listener = decode(&snap, TypeUrl::Listener, &tunnel);
+    assert_eq!(
+        l.listener_filters[0].name,
+        "envoy.filters.listener.original_dst"
+    );
+    let Some(
+        switchyard_protos::envoy::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any),
+    ) = &l.filter_chains[0].filters[0].config_type
+    else {
+        panic!("no tcp proxy");
+    };
+    let tp = TcpProxy::decode(any.value.as_slice()).unwrap();
+    assert_eq!(
+        tp.tunneling_config.unwrap().hostname,
+        "%DOWNSTREAM_LOCAL_ADDRESS%"
+    );
+    // ... through a cluster that reaches <pod ip>:15008 over mTLS + h2, expecting the identity
+    let t: Cluster = decode(&snap, TypeUrl::Cluster, &tunnel);
+    let Some(cluster::LbConfig::OriginalDstLbConfig(od)) = t.lb_config else {
+        panic!("no original dst config");
+    };
+    assert_eq!(od.upstream_port_override.unwrap().value, 15008);
+    assert!(!t.typed_extension_protocol_options.is_empty(), "HTTP/2");
+    let Some(core::transport_socket::ConfigType::TypedConfig(any)) =
+        t.transport_socket.unwrap().config_type
+    else {
+        panic!("no tls");
+    };
+    let common = tls::UpstreamTlsContext::decode(any.value.as_slice())
+        .unwrap()
+        .common_tls_context
+        .unwrap();
+    assert_eq!(common.alpn_protocols, ["h2"]);
+    assert_eq!(common.tls_certificate_sds_secret_configs[0].name, "default");
+    assert!(format!("{:?}", common.validation_context_type).contains(id));
+    // sidecars keep the transport socket match and plain endpoint addresses
+    let sidecar = snapshot(SIDECAR);
+    assert!(
+        sidecar
+            .get(TypeUrl::Listener)
+            .unwrap()
+            .get(tunnel.as_str())
+            .is_none()
+    );
+}
+
+#[test]
+fn stock_envoy_terminates_hbone_on_15008_per_inbound_port() {
+    use switchyard_protos::envoy::envoy::config::listener::v3::filter::ConfigType;
+    let snap = snapshot(ENVOY);
+    let l: Listener = decode(&snap, TypeUrl::Listener, envoy::CONNECT_TERMINATE);
+    assert_eq!(
+        format!("{:?}", l.address),
+        format!("{:?}", Some(envoy::socket_address(ip("127.0.0.2"), 15008)))
+    );
+    let chain = &l.filter_chains[0];
+    assert!(chain.transport_socket.is_some(), "mTLS");
+    let Some(ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else {
+        panic!("no hcm");
+    };
+    let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    assert!(hcm.http2_protocol_options.unwrap().allow_connect);
+    assert_eq!(hcm.upgrade_configs[0].upgrade_type, "CONNECT");
+    let Some(switchyard_protos::envoy::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier::RouteConfig(rc)) = hcm.route_specifier else {
+        panic!("no inline routes");
+    };
+    let by_domain: BTreeMap<String, String> = rc
+        .virtual_hosts
+        .iter()
+        .map(|vh| {
+            let Some(route::Action::Route(a)) = &vh.routes[0].action else {
+                panic!("no route");
+            };
+            let Some(route_action::ClusterSpecifier::Cluster(c)) = &a.cluster_specifier else {
+                panic!("no cluster");
+            };
+            (vh.domains[0].clone(), c.clone())
+        })
+        .collect();
+    // HTTP and gRPC ports go through their internal listener, which sets XFCC
+    assert_eq!(
+        by_domain,
+        BTreeMap::from([
+            (
+                "10.244.0.11:18080".to_string(),
+                "connect_inbound|18080".to_string()
+            ),
+            (
+                "10.244.0.11:19090".to_string(),
+                "connect_inbound|19090".to_string()
+            ),
+        ])
+    );
+    let inner: Listener = decode(&snap, TypeUrl::Listener, "connect_inbound|18080");
+    let Some(ConfigType::TypedConfig(any)) = &inner.filter_chains[0].filters[0].config_type else {
+        panic!("no hcm");
+    };
+    let text = format!(
+        "{:?}",
+        HttpConnectionManager::decode(any.value.as_slice()).unwrap()
+    );
+    assert!(
+        text.contains("x-forwarded-client-cert") && text.contains(envoy::XFCC_FILTER_STATE),
+        "{text}"
+    );
+    assert!(
+        snap.get(TypeUrl::Cluster)
+            .unwrap()
+            .get("connect_inbound|18080")
+            .is_some()
+    );
+    // no 15008 listener for the micro-sidecar: it terminates HBONE itself
+    assert!(
+        snapshot(SIDECAR)
+            .get(TypeUrl::Listener)
+            .unwrap()
+            .get(envoy::CONNECT_TERMINATE)
+            .is_none()
+    );
 }
