@@ -27,7 +27,7 @@ use switchyard_dataplane_sidecar::config::{Follower, FollowerOptions, SidecarNod
 use switchyard_dataplane_sidecar::proxy::copy::CopyConfig;
 use switchyard_dataplane_sidecar::proxy::detect::{DetectConfig, Detector};
 use switchyard_dataplane_sidecar::proxy::server::{
-    HttpMetrics, Proxy, ProxyMetrics, ProxySettings, TunnelHandler,
+    HttpMetrics, Proxy, ProxyMetrics, ProxySettings,
 };
 use switchyard_model::SpiffeId;
 use switchyard_protos::envoy::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
@@ -498,16 +498,6 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             ..HboneClientConfig::default()
         },
     );
-    let hbone_server = HboneServer::new(
-        &store,
-        TunnelHandler::new(
-            &settings,
-            config.clone(),
-            metrics.clone(),
-            http_metrics.clone(),
-        ),
-    );
-    let hbone_server_stats = hbone_server.stats();
     let proxy = Proxy::new(
         settings,
         config.clone(),
@@ -519,6 +509,8 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             ..DetectConfig::default()
         }),
     );
+    let hbone_server = HboneServer::new(&store, proxy.tunnel_handler());
+    let hbone_server_stats = hbone_server.stats();
 
     let bind = |addr: SocketAddr, what: &'static str| async move {
         tokio::net::TcpListener::bind(addr)

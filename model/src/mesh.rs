@@ -504,13 +504,33 @@ pub struct PolicySource {
     pub not_ip_blocks: Vec<IpBlock>,
 }
 
-/// Conditions on the destination.
+/// Conditions on the destination (all lists: any element matches; empty: anything). Paths
+/// and methods are L7 conditions: only a dataplane that sees requests (the sidecar, Envoy)
+/// can check them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct PolicyOperation {
     /// Destination ports.
     pub ports: Vec<u16>,
     /// Excluded ports.
     pub not_ports: Vec<u16>,
+    /// Request paths: exact, `prefix*`, `*suffix` or `*`.
+    pub paths: Vec<String>,
+    /// Excluded request paths.
+    pub not_paths: Vec<String>,
+    /// Request methods (`GET`, ...).
+    pub methods: Vec<String>,
+    /// Excluded request methods.
+    pub not_methods: Vec<String>,
+}
+
+impl PolicyOperation {
+    /// Whether it has conditions only requests can satisfy (paths, methods).
+    pub fn is_l7(&self) -> bool {
+        !(self.paths.is_empty()
+            && self.not_paths.is_empty()
+            && self.methods.is_empty()
+            && self.not_methods.is_empty())
+    }
 }
 
 /// One rule: matches when any `from` and any `to` match (empty lists match anything).

@@ -529,10 +529,35 @@ fn inactive_listeners(dump: &Value) -> Vec<String> {
     out
 }
 
+/// DENY and ALLOW policies for the client pod with principals, namespaces, IP blocks,
+/// ports, paths and methods (and their negations).
+const AUTHZ: &str = "apiVersion: switchyard.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: default}
+spec:
+  selector: {matchLabels: {app: client}}
+  action: DENY
+  rules:
+  - from: [{source: {notPrincipals: ['spiffe://cluster.local/ns/default/sa/ops*']}}]
+    to: [{operation: {paths: ['/admin*', '*.bak'], methods: [DELETE]}}]
+  - from: [{source: {ipBlocks: [10.9.0.0/16], notNamespaces: [default]}}]
+---
+apiVersion: switchyard.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: allow-some, namespace: default}
+spec:
+  selector: {matchLabels: {app: client}}
+  action: ALLOW
+  rules:
+  - from: [{source: {namespaces: [default], principals: ['*']}}]
+    to: [{operation: {ports: [18080, 5432], notPaths: ['/private']}}]
+  - to: [{operation: {ports: [19090], notMethods: [PUT]}}]
+";
+
 /// Kind `envoy` with mesh endpoints and inbound ports gets the HBONE resources
-/// (`connect_originate|<id>`, `connect_terminate`, `connect_inbound|<port>`): Envoy ACKs
-/// them and every listener goes active. Traffic over them is tested in `mtls.rs` and
-/// `envoy_hbone.rs`.
+/// (`connect_originate|<id>`, `connect_terminate`, `connect_inbound|<port>`) and RBAC
+/// filters for its authorization policies: Envoy ACKs them and every listener goes active.
+/// Traffic over them is tested in `mtls.rs` and `envoy_hbone.rs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_accepts_the_hbone_resources() {
     let _one = ONE_ENVOY_AT_A_TIME.lock().await;
@@ -557,6 +582,8 @@ async fn envoy_accepts_the_hbone_resources() {
             pod("mesh-1", "mesh", ip(4, 11), "sidecar"),
             // outside the mesh: a plaintext endpoint in the same cluster as an HBONE one
             pod("plain-1", "mesh", ip(4, 12), "none"),
+            // authorization on the client pod: every RBAC form the renderer emits
+            AUTHZ.to_string(),
         ],
     )])
     .await
@@ -620,6 +647,12 @@ async fn envoy_accepts_the_hbone_resources() {
             "cluster {want} in {clusters:?}\nenvoy log:\n{}",
             envoy.log_tail()
         );
+    }
+    // Authorization policies became RBAC filters Envoy accepted: HTTP ports in the HCM,
+    // the TCP port as a network filter.
+    let inbound = dump.to_string();
+    for filter in ["envoy.filters.http.rbac", "envoy.filters.network.rbac"] {
+        assert!(inbound.contains(filter), "no {filter} in the config dump");
     }
     // the TCP port is not behind an internal listener: CONNECT goes straight to the app
     assert!(!listeners.iter().any(|l| l == "connect_inbound|5432"));

@@ -7,8 +7,10 @@
 //! Checked here: HTTP/1.1, HTTP/2, gRPC unary and streaming and raw TCP through both sidecars
 //! with the client's SPIFFE ID reaching the app; no plaintext payload on the underlay
 //! (while a non-mesh pair's payload is seen there, so the capture works); a pod without a
-//! sidecar cannot reach the STRICT namespace; an HTTPRoute's 90/10 split over 2,000
-//! requests; a per-route timeout; traffic through a restart of the control plane.
+//! sidecar cannot reach the STRICT namespace; an AuthorizationPolicy DENY by path (403) and
+//! by source identity (refused); an HTTPRoute's 90/10 split over 2,000 requests; a
+//! per-route timeout; a retry on 503 and the ejection of a dead endpoint; traffic through a
+//! restart of the control plane.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
@@ -136,6 +138,43 @@ spec:
     retry: {codes: [503], attempts: 2, backoff: 10ms}
     backendRefs: [{name: flaky, port: 80}]
   - backendRefs: [{name: flaky, port: 80}]
+---
+# Authorization: requests for /admin* on echo pods are denied; the `locked` pod (a TCP
+# service) refuses the client's identity.
+apiVersion: switchyard.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ['/admin*']}}]
+---
+apiVersion: switchyard.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: not-the-client, namespace: shop}
+spec:
+  selector: {matchLabels: {app: locked}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: ['spiffe://cluster.local/ns/shop/sa/client']}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: locked, namespace: shop, labels: {app: locked}}
+spec:
+  serviceAccountName: locked
+  containers:
+  - name: echo
+    command: [switchyard-echo, serve, --http, '0.0.0.0:8080']
+---
+apiVersion: v1
+kind: Service
+metadata: {name: locked, namespace: shop}
+spec:
+  selector: {app: locked}
+  ports:
+  - {name: tcp, port: 7070, targetPort: 8080}
 ---
 apiVersion: v1
 kind: Pod
@@ -311,10 +350,12 @@ fn sidecars_carry_http_grpc_and_tcp_over_hbone_with_identity_policy_and_routes()
         let c = Cluster::new('s', &[("mesh.yaml", MESH), ("plain.yaml", PLAIN)]);
         c.up(2).await;
         let placement = nodes(&c);
-        for pod in placement
-            .keys()
-            .filter(|p| p.starts_with("echo") || p.as_str() == "client")
-        {
+        for pod in placement.keys().filter(|p| {
+            p.starts_with("echo")
+                || p.starts_with("flaky")
+                || p.as_str() == "client"
+                || p.as_str() == "locked"
+        }) {
             sidecar_ready(&c, pod).await;
         }
         let echo = vip(&c, "shop/echo");
@@ -420,7 +461,9 @@ fn sidecars_carry_http_grpc_and_tcp_over_hbone_with_identity_policy_and_routes()
         if outsider.node != bystander.node {
             assert!(plain.marker_seen, "the capture misses plaintext");
         } else {
-            eprintln!("outsider and bystander share a node: capture control skipped");
+            eprintln!(
+                "outsider and bystander share a node: capture control skipped; placement {placement:?}"
+            );
         }
 
         // A pod without a sidecar cannot reach the STRICT namespace, directly or by VIP.
@@ -439,6 +482,33 @@ fn sidecars_carry_http_grpc_and_tcp_over_hbone_with_identity_policy_and_routes()
                 "{url} answered a pod without a sidecar: {refused:?}"
             );
         }
+
+        // Authorization. DENY by path: 403 from the server's sidecar, other paths answer.
+        let denied = get(&c, "client", &[&format!("http://{echo}/admin/users")]).await;
+        let err = denied.expect_err("/admin answered despite the DENY policy");
+        assert!(err.contains("403"), "{err}");
+        get(&c, "client", &[&format!("http://{echo}/public")])
+            .await
+            .unwrap();
+        // DENY by source identity on a TCP port: the client's tunnel is refused, an echo
+        // pod's (another service account) goes through.
+        let locked = vip(&c, "shop/locked");
+        let locked_url = format!("http://{locked}:7070/x");
+        let refused = get(&c, "client", &[&locked_url]).await;
+        assert!(
+            refused.is_err(),
+            "the denied identity got through: {refused:?}"
+        );
+        let echo_pod = format!(
+            "shop/{}",
+            placement
+                .keys()
+                .find(|p| p.starts_with("echo-") && !p.starts_with("echo-v2"))
+                .unwrap()
+        );
+        // (A TCP port: the app gets bytes, no identity header.)
+        let allowed = get(&c, &echo_pod, &[&locked_url]).await.unwrap();
+        assert_eq!(allowed["backend"], "locked", "{allowed}");
 
         // HTTPRoute 90/10 over at least 2,000 requests: echo-v2 gets 10 % ± 5 %.
         let split_url = format!("http://{echo}/split");

@@ -35,6 +35,7 @@ pub mod follow;
 pub mod listener;
 pub mod matcher;
 pub mod node;
+pub mod rbac;
 pub mod route;
 pub mod snapshot;
 pub mod tls;

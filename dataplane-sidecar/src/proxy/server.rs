@@ -42,6 +42,7 @@ use super::detect::{Detector, Prefixed, Protocol};
 use super::original_dst::{OriginalDstError, original_dst};
 use super::pool::{Pool, Proto};
 use super::retry::{RetryBudget, RetryBudgetConfig};
+use crate::config::rbac::{RbacInput, RbacLayer, evaluate};
 use crate::config::route::RouteAction;
 use crate::config::{ConfigReader, Outbound, SidecarConfig, Transport};
 
@@ -113,11 +114,13 @@ pub struct ProxyMetrics {
     pub inbound_hbone_refused: Counter,
     /// HBONE tunnels connected to the app.
     pub inbound_hbone_forwarded: Counter,
+    /// Inbound connections and requests refused by authorization policy.
+    pub inbound_rbac_denied: Counter,
 }
 
 impl ProxyMetrics {
     /// Name (without `switchyard_sidecar_` and `_total`), help and counter of each.
-    fn each(&self) -> [(&'static str, &'static str, &Counter); 15] {
+    fn each(&self) -> [(&'static str, &'static str, &Counter); 16] {
         [
             (
                 "outbound_accepted",
@@ -194,6 +197,11 @@ impl ProxyMetrics {
                 "HBONE tunnels connected to the app",
                 &self.inbound_hbone_forwarded,
             ),
+            (
+                "inbound_rbac_denied",
+                "inbound connections and requests refused by authorization policy",
+                &self.inbound_rbac_denied,
+            ),
         ]
     }
 
@@ -261,6 +269,9 @@ pub enum ConnectionError {
     /// Copying failed.
     #[error(transparent)]
     Copy(#[from] CopyError),
+    /// Authorization policy refused the connection.
+    #[error("refused by authorization policy: {0}")]
+    Denied(String),
     /// Serving HTTP on the connection failed.
     #[error("http: {0}")]
     Http(#[source] hyper::Error),
@@ -345,6 +356,26 @@ impl TunnelHandler {
         if target.port() == HBONE_PORT {
             return Err(Refusal::new("tunnels to the HBONE port itself are refused"));
         }
+        // Connection-level authorization (network RBAC of the port's mTLS chain).
+        if let Some(config) = self.config.current()
+            && let Some(port) = config.inbound(target.port())
+        {
+            let identity = peer.identity.to_string();
+            evaluate(
+                &port.rbac,
+                RbacLayer::Connection,
+                &RbacInput {
+                    peer: Some(&identity),
+                    source_ip: peer.addr.ip(),
+                    port: target.port(),
+                    request: None,
+                },
+            )
+            .map_err(|denied| {
+                self.metrics.inbound_rbac_denied.inc();
+                Refusal::new(format!("RBAC: {denied}"))
+            })?;
+        }
         Ok(())
     }
 }
@@ -369,7 +400,10 @@ impl InboundHandler for TunnelHandler {
             // The tunnel's bytes go to an in-process HTTP server that forwards each request
             // to the app with the caller's identity.
             let (ours, theirs) = tokio::io::duplex(64 * 1024);
-            tokio::spawn(self.clone().serve_http_inbound(ours, peer.clone(), target));
+            tokio::spawn(
+                self.clone()
+                    .serve_http_inbound(ours, http::Caller::from(peer), target),
+            );
             return Ok(Box::new(theirs));
         }
         let stream = connect_marked(target, self.mark, self.connect_timeout).await?;
@@ -391,6 +425,8 @@ pub struct Proxy {
     pool: Arc<Pool>,
     retry_budget: RetryBudget,
     detector: Detector,
+    /// The inbound side (HBONE tunnels and plaintext HTTP ports).
+    inbound: TunnelHandler,
 }
 
 impl Proxy {
@@ -403,7 +439,14 @@ impl Proxy {
         http_metrics: HttpMetrics,
         detector: Detector,
     ) -> Arc<Self> {
+        let inbound = TunnelHandler::new(
+            &settings,
+            config.clone(),
+            metrics.clone(),
+            http_metrics.clone(),
+        );
         Arc::new(Proxy {
+            inbound,
             settings,
             config,
             hbone,
@@ -426,6 +469,11 @@ impl Proxy {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// The inbound handler, for the HBONE server.
+    pub fn tunnel_handler(&self) -> TunnelHandler {
+        self.inbound.clone()
     }
 
     /// The HTTP counters.
@@ -555,6 +603,7 @@ impl Proxy {
             (Side::Outbound, ConnectionError::NoRoute(_)) => &m.outbound_no_route,
             (Side::Outbound, _) => &m.outbound_failed,
             (Side::InboundPlaintext, ConnectionError::Strict(_)) => &m.inbound_strict_refused,
+            (Side::InboundPlaintext, ConnectionError::Denied(_)) => &m.inbound_rbac_denied,
             (Side::InboundPlaintext, ConnectionError::Unconfigured(_)) => {
                 &m.inbound_unconfigured_refused
             }
@@ -700,6 +749,39 @@ impl Proxy {
             .current()
             .ok_or(ConnectionError::Unconfigured(dst.port()))?;
         inbound_plaintext_allowed(&config, dst.port())?;
+        let peer = client
+            .peer_addr()
+            .map_err(|source| ConnectionError::Connect { addr: dst, source })?;
+        if let Some(port) = config.inbound(dst.port()) {
+            evaluate(
+                &port.plaintext_rbac,
+                RbacLayer::Connection,
+                &RbacInput {
+                    peer: None,
+                    source_ip: peer.ip(),
+                    port: dst.port(),
+                    request: None,
+                },
+            )
+            .map_err(|denied| ConnectionError::Denied(denied.to_string()))?;
+            if port.http {
+                // HTTP ports: request by request, so request-level policy applies and any
+                // identity header the client made up is removed.
+                self.metrics.inbound_plaintext_forwarded.inc();
+                self.inbound
+                    .clone()
+                    .serve_http_inbound(
+                        client,
+                        http::Caller {
+                            identity: None,
+                            addr: peer,
+                        },
+                        dst,
+                    )
+                    .await;
+                return Ok(());
+            }
+        }
         let mut upstream = self.connect(dst).await?;
         self.metrics.inbound_plaintext_forwarded.inc();
         copy_bidirectional(

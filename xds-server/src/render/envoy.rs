@@ -794,16 +794,19 @@ fn hcm_filter(
     stat_prefix: &str,
     route: hcm::http_connection_manager::RouteSpecifier,
 ) -> listener::Filter {
-    hcm_filter_xfcc(stat_prefix, route, false)
+    hcm_filter_xfcc(stat_prefix, route, false, Vec::new())
 }
 
 /// An HCM; with `peer_cert`, the caller's SPIFFE ID (from its client certificate) is set in
 /// `x-forwarded-client-cert`; otherwise whatever the client sent there is removed (SANITIZE).
+/// `filters` go before the router.
 fn hcm_filter_xfcc(
     stat_prefix: &str,
     route: hcm::http_connection_manager::RouteSpecifier,
     peer_cert: bool,
+    mut filters: Vec<hcm::HttpFilter>,
 ) -> listener::Filter {
+    filters.push(router_filter());
     let cfg = hcm::HttpConnectionManager {
         forward_client_cert_details: if peer_cert {
             hcm::http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32
@@ -818,7 +821,7 @@ fn hcm_filter_xfcc(
         ),
         stat_prefix: stat_prefix.to_string(),
         codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
-        http_filters: vec![router_filter()],
+        http_filters: filters,
         route_specifier: Some(route),
         normalize_path: Some(wkt::BoolValue { value: true }),
         ..Default::default()
@@ -1100,15 +1103,20 @@ pub fn own_maps(
             name.as_str(),
             &static_cluster(&name, local, p.port, p.protocol, opts),
         ));
-        let filter = |tls: bool| {
+        // Authorization policies: RBAC filters before the HCM's router or the TCP proxy.
+        let filters = |tls: bool| {
             if p.protocol.is_http() {
-                hcm_filter_xfcc(
+                vec![hcm_filter_xfcc(
                     &format!("inbound_{}", p.port),
                     hcm::http_connection_manager::RouteSpecifier::RouteConfig(inbound_route(&name)),
                     tls,
-                )
+                    super::rbac::http_filters(&view.policies, p.port, &view.trust_domain),
+                )]
             } else {
-                tcp_proxy_filter(&format!("inbound_{}", p.port), &name)
+                let mut f =
+                    super::rbac::network_filters(&view.policies, p.port, &view.trust_domain);
+                f.push(tcp_proxy_filter(&format!("inbound_{}", p.port), &name));
+                f
             }
         };
         let (mtls, plaintext) = inbound_accepts(p.mtls);
@@ -1127,7 +1135,7 @@ pub fn own_maps(
                     },
                     ..Default::default()
                 }),
-                filters: vec![filter(true)],
+                filters: filters(true),
                 transport_socket: Some(downstream_mtls()),
                 ..Default::default()
             });
@@ -1136,7 +1144,7 @@ pub fn own_maps(
             chains.push(listener::FilterChain {
                 name: format!("inbound|{}", p.port),
                 filter_chain_match: port_match(p.port),
-                filters: vec![filter(false)],
+                filters: filters(false),
                 ..Default::default()
             });
         }

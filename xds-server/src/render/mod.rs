@@ -26,6 +26,7 @@ use crate::snapshot::{Resource, ResourceMap, Snapshot, TypeSnapshot};
 pub mod check;
 pub mod envoy;
 pub mod grpc;
+pub mod rbac;
 pub mod secret;
 pub mod workload;
 

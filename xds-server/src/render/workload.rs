@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use switchyard_model::view::WorkloadView;
-use switchyard_model::{AuthorizationPolicy, DataplaneMode, PolicyAction, PolicyScope, Service};
+use switchyard_model::{
+    AuthorizationPolicy, DataplaneMode, PolicyAction, PolicyOperation, PolicyScope, Service,
+};
 use switchyard_protos::TypeUrl;
 use switchyard_protos::switchyard::workload::v1 as pb;
 
@@ -141,10 +143,16 @@ pub fn authorization(p: &AuthorizationPolicy) -> Arc<Resource> {
                 } else {
                     r.from.clone()
                 };
-                let tos = if r.to.is_empty() {
+                // Node dataplanes see connections, not requests: a destination with paths or
+                // methods is dropped from an ALLOW rule (it allows less) and checked on its
+                // ports alone in a DENY rule (it refuses more).
+                let tos: Vec<PolicyOperation> = if r.to.is_empty() {
                     vec![Default::default()]
                 } else {
-                    r.to.clone()
+                    r.to.iter()
+                        .filter(|t| !(t.is_l7() && p.action == PolicyAction::Allow))
+                        .cloned()
+                        .collect()
                 };
                 let mut matches = Vec::new();
                 for f in &froms {
@@ -167,6 +175,8 @@ pub fn authorization(p: &AuthorizationPolicy) -> Arc<Resource> {
                 }
                 pb::Rule { matches }
             })
+            // A rule whose every destination was dropped matches nothing.
+            .filter(|r| !r.matches.is_empty())
             .collect(),
     };
     Resource::new(TypeUrl::Authorization, name.as_str(), &msg)

@@ -137,6 +137,19 @@ pub struct OperationSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(range(min = 1, max = 65535)))]
     pub not_ports: Vec<u32>,
+    /// Request paths (HTTP ports of sidecar and Envoy workloads): exact, `prefix*`,
+    /// `*suffix` or `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Excluded request paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_paths: Vec<String>,
+    /// Request methods (`GET`, `POST`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Excluded request methods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_methods: Vec<String>,
 }
 
 /// The spec of a `PeerAuthentication`: whether inbound traffic must be mutual TLS.
@@ -249,6 +262,43 @@ fn ports(list: &[u32], field: FieldPath) -> Result<Vec<u16>, FieldError> {
         .collect()
 }
 
+/// Paths: `*`, or a path starting with `/` with at most one `*`, at its start or end.
+fn paths(list: &[String], field: FieldPath) -> Result<Vec<String>, FieldError> {
+    for (i, p) in list.iter().enumerate() {
+        let inner = p
+            .strip_prefix('*')
+            .or_else(|| p.strip_suffix('*'))
+            .unwrap_or(p);
+        let ok = p == "*"
+            || (!inner.contains('*')
+                && !inner.is_empty()
+                && (p.starts_with('/') || p.starts_with('*'))
+                && !inner.chars().any(char::is_whitespace));
+        if !ok {
+            return Err(FieldError::new(
+                field.clone().index(i),
+                format!(
+                    "{p:?} is not a path pattern: use an exact path (/a/b), a prefix (/a/*), a suffix (*.png) or *"
+                ),
+            ));
+        }
+    }
+    Ok(list.to_vec())
+}
+
+/// Methods: HTTP tokens (`GET`, `POST`, ...), upper case as Envoy compares them exactly.
+fn methods(list: &[String], field: FieldPath) -> Result<Vec<String>, FieldError> {
+    for (i, m) in list.iter().enumerate() {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(FieldError::new(
+                field.clone().index(i),
+                format!("{m:?} is not an HTTP method (upper case letters, e.g. GET)"),
+            ));
+        }
+    }
+    Ok(list.to_vec())
+}
+
 impl AuthorizationPolicy {
     /// The model input (`key` is the policy's namespace and name).
     pub fn to_input(&self, key: ObjectKey) -> Result<AuthorizationPolicyInput, FieldError> {
@@ -271,9 +321,14 @@ impl AuthorizationPolicy {
             let mut to = Vec::new();
             for (j, t) in rule.to.iter().enumerate() {
                 let of = rf.clone().key("to").index(j).key("operation");
+                let op = &t.operation;
                 to.push(PolicyOperation {
-                    ports: ports(&t.operation.ports, of.clone().key("ports"))?,
-                    not_ports: ports(&t.operation.not_ports, of.key("notPorts"))?,
+                    ports: ports(&op.ports, of.clone().key("ports"))?,
+                    not_ports: ports(&op.not_ports, of.clone().key("notPorts"))?,
+                    paths: paths(&op.paths, of.clone().key("paths"))?,
+                    not_paths: paths(&op.not_paths, of.clone().key("notPaths"))?,
+                    methods: methods(&op.methods, of.clone().key("methods"))?,
+                    not_methods: methods(&op.not_methods, of.key("notMethods"))?,
                 });
             }
             rules.push(PolicyRule { from, to });

@@ -14,10 +14,12 @@ use ipnet::IpNet;
 use switchyard_model::MtlsMode;
 use switchyard_protos::envoy::envoy::config::core::v3 as core;
 use switchyard_protos::envoy::envoy::config::listener::v3 as pb;
+use switchyard_protos::envoy::envoy::extensions::filters::http::rbac::v3 as http_rbac_pb;
 use switchyard_protos::envoy::envoy::extensions::filters::http::router::v3::Router;
 use switchyard_protos::envoy::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use switchyard_protos::envoy::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use switchyard_protos::envoy::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use switchyard_protos::envoy::envoy::extensions::filters::network::rbac::v3 as network_rbac_pb;
 use switchyard_protos::envoy::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 
 use super::{
@@ -28,6 +30,7 @@ use super::{
 use crate::config::cluster::ads_source;
 use crate::config::endpoint::socket_address;
 use crate::config::error::{At, FieldError, duration, reject_rest, unpack};
+use crate::config::rbac::{self, RbacFilter, RbacLayer};
 use crate::config::{route, tls};
 
 /// Converts a `Listener`.
@@ -175,16 +178,17 @@ fn filter_chain(mut c: pb::FilterChain) -> Result<FilterChain, FieldError> {
         Some(ts) => tls::downstream(&ts).at("transport_socket")?,
         None => None,
     };
-    let handler = match std::mem::take(&mut c.filters).as_slice() {
-        [one] => network_filter(one).at_index("filters", 0)?,
-        [] => return Err(FieldError::invalid("filters", "empty")),
-        _ => {
-            return Err(FieldError::unsupported(
-                "filters",
-                "network filters before the terminal one",
-            ));
-        }
+    // Network RBAC filters, then the terminal filter (HCM or TCP proxy).
+    let filters = std::mem::take(&mut c.filters);
+    let Some((last, before)) = filters.split_last() else {
+        return Err(FieldError::invalid("filters", "empty"));
     };
+    let mut rbac = Vec::new();
+    for (i, f) in before.iter().enumerate() {
+        rbac.push(network_rbac(f).at_index("filters", i)?);
+    }
+    let (handler, http_rbac) = network_filter(last).at_index("filters", before.len())?;
+    rbac.extend(http_rbac);
     c.metadata = None;
     c.transport_socket_connect_timeout = None;
     reject_rest(&c)?;
@@ -193,6 +197,7 @@ fn filter_chain(mut c: pb::FilterChain) -> Result<FilterChain, FieldError> {
         matcher,
         tls,
         handler,
+        rbac,
     })
 }
 
@@ -241,7 +246,33 @@ fn cidr(r: &core::CidrRange) -> Result<IpNet, FieldError> {
         .map_err(|e| FieldError::invalid("prefix_len", e.to_string()))
 }
 
-fn network_filter(f: &pb::Filter) -> Result<Handler, FieldError> {
+/// An `envoy.filters.network.rbac` filter.
+fn network_rbac(f: &pb::Filter) -> Result<RbacFilter, FieldError> {
+    let Some(pb::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        return Err(FieldError::unsupported(
+            "typed_config",
+            "network filters before the terminal one other than RBAC",
+        ));
+    };
+    if any.type_url != <network_rbac_pb::Rbac as prost::Name>::type_url() {
+        return Err(FieldError::unsupported(
+            "typed_config",
+            format!(
+                "network filter {} before the terminal one (only RBAC is)",
+                any.type_url
+            ),
+        ));
+    }
+    let mut r: network_rbac_pb::Rbac = unpack("typed_config", any)?;
+    let rules = r.rules.take();
+    r.stat_prefix.clear();
+    r.shadow_rules_stat_prefix.clear();
+    reject_rest(&r).at("typed_config")?;
+    rbac::convert(rules, RbacLayer::Connection).at("typed_config")
+}
+
+/// The terminal filter, and the HTTP RBAC filters of an HCM.
+fn network_filter(f: &pb::Filter) -> Result<(Handler, Vec<RbacFilter>), FieldError> {
     let any = match &f.config_type {
         Some(pb::filter::ConfigType::TypedConfig(any)) => any,
         Some(_) => {
@@ -254,10 +285,11 @@ fn network_filter(f: &pb::Filter) -> Result<Handler, FieldError> {
     };
     if any.type_url == <hcm::HttpConnectionManager as prost::Name>::type_url() {
         let h = unpack("typed_config", any)?;
-        Ok(Handler::Http(http(h).at("typed_config")?))
+        let (handler, rbac) = http(h).at("typed_config")?;
+        Ok((Handler::Http(handler), rbac))
     } else if any.type_url == <tcp::TcpProxy as prost::Name>::type_url() {
         let t = unpack("typed_config", any)?;
-        Ok(Handler::Tcp(tcp_proxy(t).at("typed_config")?))
+        Ok((Handler::Tcp(tcp_proxy(t).at("typed_config")?), Vec::new()))
     } else {
         Err(FieldError::unsupported(
             "typed_config",
@@ -266,7 +298,7 @@ fn network_filter(f: &pb::Filter) -> Result<Handler, FieldError> {
     }
 }
 
-fn http(mut h: hcm::HttpConnectionManager) -> Result<HttpHandler, FieldError> {
+fn http(mut h: hcm::HttpConnectionManager) -> Result<(HttpHandler, Vec<RbacFilter>), FieldError> {
     use hcm::http_connection_manager::{
         CodecType, ForwardClientCertDetails as Fwd, RouteSpecifier,
     };
@@ -278,9 +310,18 @@ fn http(mut h: hcm::HttpConnectionManager) -> Result<HttpHandler, FieldError> {
         _ => return Err(FieldError::unsupported("codec_type", "HTTP/3")),
     };
     let mut router = false;
+    let mut rbac = Vec::new();
     for (i, f) in std::mem::take(&mut h.http_filters).into_iter().enumerate() {
-        if http_filter(f).at_index("http_filters", i)? {
-            router = true;
+        match http_filter(f).at_index("http_filters", i)? {
+            HttpFilter::Router => router = true,
+            HttpFilter::Rbac(r) if !router => rbac.push(r),
+            HttpFilter::Rbac(_) => {
+                return Err(FieldError::invalid(
+                    format!("http_filters[{i}]"),
+                    "RBAC after the router never runs",
+                ));
+            }
+            HttpFilter::Skipped => {}
         }
     }
     if !router {
@@ -333,19 +374,30 @@ fn http(mut h: hcm::HttpConnectionManager) -> Result<HttpHandler, FieldError> {
     h.generate_request_id = None;
     h.server_name.clear();
     reject_rest(&h)?;
-    Ok(HttpHandler {
-        stat_prefix,
-        routes,
-        codec,
-        normalize_path,
-        client_cert,
-        stream_idle_timeout,
-    })
+    Ok((
+        HttpHandler {
+            stat_prefix,
+            routes,
+            codec,
+            normalize_path,
+            client_cert,
+            stream_idle_timeout,
+        },
+        rbac,
+    ))
 }
 
-/// Whether `f` is the router; other filters are rejected unless optional.
+/// What an HTTP filter is to the sidecar.
+enum HttpFilter {
+    Router,
+    Rbac(RbacFilter),
+    /// An optional filter the sidecar does not implement.
+    Skipped,
+}
+
+/// The router, an RBAC filter, or a skipped optional filter; others are rejected.
 #[allow(deprecated)] // start_child_span: tracing only, still valid xDS
-fn http_filter(f: hcm::HttpFilter) -> Result<bool, FieldError> {
+fn http_filter(f: hcm::HttpFilter) -> Result<HttpFilter, FieldError> {
     if f.disabled {
         return Err(FieldError::unsupported(
             "disabled",
@@ -370,11 +422,21 @@ fn http_filter(f: hcm::HttpFilter) -> Result<bool, FieldError> {
         r.upstream_log_options = None;
         r.suppress_envoy_headers = false;
         reject_rest(&r).at("typed_config")?;
-        return Ok(true);
+        return Ok(HttpFilter::Router);
+    }
+    if any.type_url == <http_rbac_pb::Rbac as prost::Name>::type_url() {
+        let mut r: http_rbac_pb::Rbac = unpack("typed_config", any)?;
+        let rules = r.rules.take();
+        r.rules_stat_prefix.clear();
+        r.shadow_rules_stat_prefix.clear();
+        reject_rest(&r).at("typed_config")?;
+        return Ok(HttpFilter::Rbac(
+            rbac::convert(rules, RbacLayer::Request).at("typed_config")?,
+        ));
     }
     if f.is_optional {
         // Envoy's meaning of optional: skip when not supported.
-        return Ok(false);
+        return Ok(HttpFilter::Skipped);
     }
     Err(FieldError::unsupported(
         "typed_config",
@@ -422,6 +484,8 @@ fn inbound_ports(chains: &[FilterChain]) -> BTreeMap<u16, InboundPort> {
         plain: bool,
         http: bool,
         clusters: Vec<String>,
+        rbac: Vec<RbacFilter>,
+        plaintext_rbac: Vec<RbacFilter>,
     }
     let mut seen: BTreeMap<u16, Seen> = BTreeMap::new();
     for c in chains {
@@ -429,8 +493,10 @@ fn inbound_ports(chains: &[FilterChain]) -> BTreeMap<u16, InboundPort> {
         let s = seen.entry(port).or_default();
         if c.tls.is_some() {
             s.tls = true;
+            s.rbac.extend(c.rbac.iter().cloned());
         } else {
             s.plain = true;
+            s.plaintext_rbac.extend(c.rbac.iter().cloned());
         }
         match &c.handler {
             Handler::Tcp(t) => s.clusters.push(t.cluster.clone()),
@@ -462,6 +528,8 @@ fn inbound_ports(chains: &[FilterChain]) -> BTreeMap<u16, InboundPort> {
                     mode,
                     cluster,
                     http: s.http,
+                    rbac: s.rbac,
+                    plaintext_rbac: s.plaintext_rbac,
                 },
             )
         })

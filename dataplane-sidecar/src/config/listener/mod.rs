@@ -16,6 +16,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use switchyard_model::MtlsMode;
 
+use super::rbac::RbacFilter;
 use super::route::RouteConfig;
 use super::tls::DownstreamMtls;
 
@@ -74,6 +75,8 @@ pub struct FilterChain {
     pub tls: Option<DownstreamMtls>,
     /// What handles the connection.
     pub handler: Handler,
+    /// Authorization: the chain's network RBAC filters, then its HCM's HTTP ones, in order.
+    pub rbac: Vec<RbacFilter>,
 }
 
 /// Conditions of a filter chain.
@@ -167,7 +170,7 @@ pub struct TcpProxy {
 }
 
 /// The inbound handling of one port.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InboundPort {
     /// The port.
     pub port: u16,
@@ -178,6 +181,10 @@ pub struct InboundPort {
     pub cluster: Option<String>,
     /// Whether the port is handled as HTTP.
     pub http: bool,
+    /// Authorization of mTLS (HBONE) connections: the mTLS chain's RBAC filters.
+    pub rbac: Vec<RbacFilter>,
+    /// Authorization of plaintext connections: the plaintext chain's RBAC filters.
+    pub plaintext_rbac: Vec<RbacFilter>,
 }
 
 impl Listener {

@@ -208,7 +208,7 @@ fn route_match(mut m: pb::RouteMatch) -> Result<RouteMatch, FieldError> {
     })
 }
 
-fn header_match(h: pb::HeaderMatcher) -> Result<HeaderMatch, FieldError> {
+pub(crate) fn header_match(h: pb::HeaderMatcher) -> Result<HeaderMatch, FieldError> {
     use pb::header_matcher::HeaderMatchSpecifier as S;
     if h.name.is_empty() {
         return Err(FieldError::invalid("name", "empty"));

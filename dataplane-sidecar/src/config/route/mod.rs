@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::matcher::{Pattern, StringMatcher};
 
-mod convert;
+pub(crate) mod convert;
 
 pub(crate) use convert::convert;
 

@@ -38,6 +38,7 @@ use super::super::balance::Outcome;
 use super::super::pool::{Body, BoxError, Proto, SendError, UpstreamIo};
 use super::super::retry::{self, AttemptOutcome, RetryConditions, RetryDecision};
 use super::{ConnectionError, Proxy, TunnelHandler, connect_marked};
+use crate::config::rbac::{RbacInput, RbacLayer, RequestAttributes, evaluate};
 use crate::config::route::{self, Forward, RouteAction, RouteMatch};
 use crate::config::{Outbound, SidecarConfig, Transport};
 
@@ -658,16 +659,63 @@ pub(super) fn transport_of(
     })
 }
 
+/// Who sent an inbound connection.
+#[derive(Debug, Clone)]
+pub(super) struct Caller {
+    /// The verified SPIFFE ID (HBONE); `None`: plaintext.
+    pub identity: Option<String>,
+    /// The source address.
+    pub addr: SocketAddr,
+}
+
+impl From<&Peer> for Caller {
+    fn from(p: &Peer) -> Self {
+        Caller {
+            identity: Some(p.identity.to_string()),
+            addr: p.addr,
+        }
+    }
+}
+
+/// A hyper request as RBAC reads it.
+struct RequestView<'a, B>(&'a Request<B>);
+
+impl<B> RequestAttributes for RequestView<'_, B> {
+    fn path(&self) -> &str {
+        self.0.uri().path()
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        let req = self.0;
+        match name {
+            ":authority" => host_of(req),
+            ":method" => Some(req.method().as_str().to_string()),
+            ":path" => req.uri().path_and_query().map(|p| p.as_str().to_string()),
+            ":scheme" => Some(req.uri().scheme_str().unwrap_or("http").to_string()),
+            name => {
+                let values: Vec<&str> = req
+                    .headers()
+                    .get_all(name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                (!values.is_empty()).then(|| values.join(","))
+            }
+        }
+    }
+}
+
 impl TunnelHandler {
-    /// Serves HTTP inside a tunnel from `peer` to the app at `target`: each request goes to
-    /// the app over a pooled connection with the caller's identity in
-    /// `x-forwarded-client-cert`.
-    pub(super) async fn serve_http_inbound<S>(self, io: S, peer: Peer, target: SocketAddr)
+    /// Serves HTTP from `caller` to the app at `target` (inside an HBONE tunnel, or a
+    /// plaintext connection): each request is checked against the port's request-level
+    /// authorization and goes to the app over a pooled connection, with the caller's identity
+    /// in `x-forwarded-client-cert` (removed when the caller has none).
+    pub(super) async fn serve_http_inbound<S>(self, io: S, caller: Caller, target: SocketAddr)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let handler = Arc::new(self);
-        let peer = Arc::new(peer);
+        let peer = Arc::new(caller);
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let handler = handler.clone();
             let peer = peer.clone();
@@ -683,17 +731,58 @@ impl TunnelHandler {
 
     async fn inbound_request(
         &self,
-        peer: &Peer,
+        peer: &Caller,
         target: SocketAddr,
         req: Request<Incoming>,
     ) -> Response<Body> {
         let start = Instant::now();
+        let rbac = self.config.current().and_then(|c| {
+            c.inbound(target.port()).map(|p| {
+                if peer.identity.is_some() {
+                    p.rbac.clone()
+                } else {
+                    p.plaintext_rbac.clone()
+                }
+            })
+        });
+        let decision = rbac.as_deref().map_or(Ok(()), |filters| {
+            evaluate(
+                filters,
+                RbacLayer::Request,
+                &RbacInput {
+                    peer: peer.identity.as_deref(),
+                    source_ip: peer.addr.ip(),
+                    port: target.port(),
+                    request: Some(&RequestView(&req)),
+                },
+            )
+        });
+        if let Err(denied) = decision {
+            self.metrics.inbound_rbac_denied.inc();
+            let route = format!("inbound|{}||", target.port());
+            self.http_metrics
+                .record("inbound", &route, 403, start.elapsed());
+            info!(
+                target: "switchyard_sidecar::access",
+                direction = "inbound",
+                method = %req.method(),
+                path = %req.uri().path(),
+                status = 403,
+                route = %route,
+                source_identity = peer.identity.as_deref().unwrap_or("-"),
+                destination_identity = %self.identity,
+                reason = %denied,
+                "request"
+            );
+            return local(StatusCode::FORBIDDEN, "RBAC: access denied");
+        }
         let proto = proto_of(req.version());
         let host = host_of(&req);
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers.clone();
         headers.remove(XFCC);
-        if let Ok(v) = HeaderValue::from_str(&format!("By={};URI={}", self.identity, peer.identity))
+        if let Some(id) = &peer.identity
+            && let Ok(v) = HeaderValue::from_str(&format!("By={};URI={id}", self.identity))
         {
             headers.insert(XFCC, v);
         }
@@ -729,7 +818,7 @@ impl TunnelHandler {
             status,
             duration_us = elapsed.as_micros() as u64,
             route = %route,
-            source_identity = %peer.identity,
+            source_identity = peer.identity.as_deref().unwrap_or("-"),
             destination_identity = %self.identity,
             "request"
         );

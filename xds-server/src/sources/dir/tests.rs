@@ -323,6 +323,7 @@ fn realistic_manifest_set_parses_into_inputs() {
                 to: vec![PolicyOperation {
                     ports: vec![9090],
                     not_ports: vec![9100],
+                    ..Default::default()
                 }],
             }],
         }]
@@ -524,6 +525,36 @@ fn invalid_cidr_in_authorization_policy() {
         p.message.contains("invalid ip block \"10.1.0.0/40\""),
         "{p}"
     );
+}
+
+#[test]
+fn invalid_paths_and_methods_in_authorization_policy() {
+    for (operation, field, text) in [
+        ("paths: ['/a/*/b']", "paths[0]", "is not a path pattern"),
+        (
+            "notPaths: ['/ok', 'admin']",
+            "notPaths[1]",
+            "is not a path pattern",
+        ),
+        ("methods: [get]", "methods[0]", "is not an HTTP method"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "policy.yaml",
+            &format!(
+                "apiVersion: switchyard.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  \
+                 name: p\n  namespace: shop\nspec:\n  rules:\n  - to:\n    - operation:\n        \
+                 {operation}\n"
+            ),
+        );
+        let p = only_problem(dir.path());
+        assert_eq!(
+            p.field.as_deref(),
+            Some(format!("spec.rules[0].to[0].operation.{field}").as_str())
+        );
+        assert!(p.message.contains(text), "{p}");
+    }
 }
 
 #[test]
