@@ -182,6 +182,9 @@ struct ProxyArgs {
     /// SO_MARK set on every upstream socket (must match `init --proxy-mark`).
     #[arg(long, default_value_t = capture::PROXY_MARK)]
     proxy_mark: u32,
+    /// On SIGTERM, how long connections may take to finish before they are cut, seconds.
+    #[arg(long, default_value_t = 5)]
+    drain_seconds: u64,
     /// How long to wait for a client's first bytes on an HTTP port before carrying the
     /// connection as opaque TCP (server-first protocols wait this long), milliseconds.
     #[arg(long, default_value_t = 5000)]
@@ -551,6 +554,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let admin_app = {
         let ready_config = config.clone();
         let ready_store = store.clone();
+        let ready_proxy = proxy.clone();
         let stats_proxy = proxy.clone();
         let stats_config = config.clone();
         axum::Router::new()
@@ -559,15 +563,18 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
                 axum::routing::get(move || {
                     let config_ready = ready_config.is_ready();
                     let cert = ready_store.certificate().is_some();
+                    let draining = ready_proxy.is_draining();
                     async move {
-                        let code = if config_ready && cert {
+                        let code = if config_ready && cert && !draining {
                             axum::http::StatusCode::OK
                         } else {
                             axum::http::StatusCode::SERVICE_UNAVAILABLE
                         };
                         (
                             code,
-                            format!("config_ready: {config_ready}\ncertificate: {cert}\n"),
+                            format!(
+                                "config_ready: {config_ready}\ncertificate: {cert}\ndraining: {draining}\n"
+                            ),
                         )
                     }
                 }),
@@ -646,8 +653,13 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    info!("shutting down: draining HBONE tunnels");
+    // Drain: /ready answers 503 at once (so nothing new is sent here), the capture
+    // listeners stop accepting, HTTP connections close after their requests in flight, HBONE
+    // tunnels are let finish; whatever is still open after the grace period is cut.
+    let grace = Duration::from_secs(args.drain_seconds);
+    info!(grace_s = args.drain_seconds, "shutting down: draining");
     shutdown.cancel();
-    let _ = hbone_task.await;
+    let (left, _) = tokio::join!(proxy.drain(grace), tokio::time::timeout(grace, hbone_task));
+    info!(connections_cut = left, "drained");
     Ok(())
 }

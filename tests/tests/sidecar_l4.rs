@@ -75,9 +75,15 @@ impl ProxyProcess {
 }
 
 async fn get_via_vip(addr: SocketAddr) -> std::io::Result<String> {
+    get_path_via_vip(addr, "/hello").await
+}
+
+async fn get_path_via_vip(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(b"GET /hello HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n")
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
         .await
@@ -214,5 +220,37 @@ async fn run() {
         metrics.contains("switchyard_sidecar_outbound_hbone_total 2"),
         "{metrics}"
     );
-    drop((client.child, server.child));
+
+    // SIGTERM drains: a request in flight completes, /ready turns 503 at once, new
+    // connections are no longer accepted, and the proxy exits cleanly within its grace.
+    let vip: SocketAddr = format!("{VIP}:8080").parse().unwrap();
+    let slow = tokio::spawn(get_path_via_vip(vip, "/slow?delay_ms=1500"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = client.child.id().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (code, body) = http(client.admin, "GET", "/ready").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("draining: true"), "{body}");
+    assert!(
+        get_via_vip(vip).await.is_err(),
+        "a new connection was accepted while draining"
+    );
+    let answer = slow.await.unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut child = client.child;
+    let status = tokio::time::timeout(Duration::from_secs(6), child.wait())
+        .await
+        .expect("the proxy did not exit within its grace period")
+        .unwrap();
+    assert!(
+        status.success(),
+        "{status}\n{}",
+        std::fs::read_to_string(&client.log).unwrap_or_default()
+    );
+    drop(server.child);
 }

@@ -34,6 +34,8 @@ use switchyard_dataplane_runtime::hbone::{
 use switchyard_dataplane_runtime::tls::Expected;
 use switchyard_model::MtlsMode;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use super::balance::{Balancer, BalancerConfig, EndpointSpec, Outcome};
@@ -427,6 +429,10 @@ pub struct Proxy {
     detector: Detector,
     /// The inbound side (HBONE tunnels and plaintext HTTP ports).
     inbound: TunnelHandler,
+    /// Cancelled when the proxy drains: the listeners stop accepting.
+    shutdown: CancellationToken,
+    /// Connections being served.
+    connections: TaskTracker,
 }
 
 impl Proxy {
@@ -446,6 +452,8 @@ impl Proxy {
             http_metrics.clone(),
         );
         Arc::new(Proxy {
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
             inbound,
             settings,
             config,
@@ -469,6 +477,21 @@ impl Proxy {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Drains: the capture listeners stop accepting, HTTP connections close after the
+    /// requests in flight, and this waits up to `grace` for every connection to end.
+    /// Returns how many were still open at the deadline.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        self.shutdown.cancel();
+        self.connections.close();
+        let _ = tokio::time::timeout(grace, self.connections.wait()).await;
+        self.connections.len()
+    }
+
+    /// Whether [`Proxy::drain`] has begun.
+    pub fn is_draining(&self) -> bool {
+        self.shutdown.is_cancelled()
     }
 
     /// The inbound handler, for the HBONE server.
@@ -558,7 +581,14 @@ impl Proxy {
         }
         info!(addr = ?listener.local_addr().ok(), side = side.name(), "listener accepting");
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                () = self.shutdown.cancelled() => {
+                    info!(side = side.name(), "listener closed: draining");
+                    return;
+                }
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     warn!(error = %e, side = side.name(), "accept failed");
@@ -568,7 +598,7 @@ impl Proxy {
             };
             let proxy = self.clone();
             let span = info_span!("connection", side = side.name(), %peer);
-            tokio::spawn(
+            self.connections.spawn(
                 async move {
                     let result = match side {
                         Side::Outbound => {

@@ -331,17 +331,30 @@ impl Proxy {
             async move { Ok::<_, Infallible>(proxy.outbound_request(dst, req).await) }
         });
         let io = TokioIo::new(io);
+        // On shutdown, the connection finishes its requests in flight and closes (HTTP/1.1:
+        // after the current response; HTTP/2: GOAWAY).
+        let shutdown = self.shutdown.clone();
+        macro_rules! serve_gracefully {
+            ($conn:expr) => {{
+                let conn = $conn;
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            }};
+        }
         let result = match proto {
-            Proto::Http1 => {
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await
-            }
-            Proto::Http2 => {
+            Proto::Http1 => serve_gracefully!(
+                hyper::server::conn::http1::Builder::new().serve_connection(io, service)
+            ),
+            Proto::Http2 => serve_gracefully!(
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(io, service)
-                    .await
-            }
+            ),
         };
         result.map_err(ConnectionError::Http)
     }
