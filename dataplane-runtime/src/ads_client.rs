@@ -10,7 +10,7 @@
 //! flow whatever the server does with its response headers (some servers send them only with
 //! the first response).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use prost::Message;
@@ -194,6 +194,9 @@ struct TypeState {
     acked: String,
     /// SotW full-state types: names of the latest response.
     held: BTreeSet<String>,
+    /// Delta: versions the client already holds, sent once as `initial_resource_versions`
+    /// with the first request of the type (a resumed stream is sent only what changed).
+    initial: BTreeMap<String, String>,
 }
 
 /// An ADS stream impersonating one node. See the module docs.
@@ -320,14 +323,34 @@ impl AdsClient {
                 self.send_sotw(req).await
             }
             Variant::Delta => {
+                let initial = if first {
+                    std::mem::take(&mut st.initial)
+                        .into_iter()
+                        .filter(|(n, _)| st.names.contains(n) || st.names.contains(WILDCARD))
+                        .collect()
+                } else {
+                    Default::default()
+                };
                 let req = DeltaDiscoveryRequest {
                     type_url: type_url.to_string(),
                     resource_names_subscribe: subscribe,
                     resource_names_unsubscribe: unsubscribe,
+                    initial_resource_versions: initial,
                     ..Default::default()
                 };
                 self.send_delta(req).await
             }
+        }
+    }
+
+    /// Delta: before the first [`subscribe`](Self::subscribe) of `type_url`, the versions the
+    /// client holds from an earlier stream (name -> version); the first request sends those of
+    /// subscribed names as `initial_resource_versions`, so the server sends only what changed
+    /// (and names what is gone). Ignored for SotW and after the first request.
+    pub fn hold_versions(&mut self, type_url: &str, versions: BTreeMap<String, String>) {
+        let st = self.types.entry(type_url.to_string()).or_default();
+        if !st.requested {
+            st.initial = versions;
         }
     }
 

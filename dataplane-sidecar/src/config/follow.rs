@@ -145,12 +145,20 @@ pub struct Follower {
     version: u64,
     /// Problems of the published snapshot (a snapshot with only these publishes at once).
     accepted: BTreeSet<Inconsistency>,
+    /// What the last stream held: the next stream starts from it and tells the server
+    /// (`initial_resource_versions`), which then sends only what changed meanwhile.
+    kept: Option<(Resources, Held)>,
 }
+
+/// Versions of the resources held, by type and name.
+type Held = BTreeMap<TypeUrl, BTreeMap<String, String>>;
 
 /// Per-stream state.
 #[derive(Debug, Default)]
 struct Stream {
     resources: Resources,
+    /// Version of each resource in `resources`.
+    held: Held,
     received: BTreeSet<&'static str>,
     dirty: bool,
     warming_since: Option<Instant>,
@@ -173,6 +181,7 @@ impl Follower {
                 status,
                 version: 0,
                 accepted: BTreeSet::new(),
+                kept: None,
             },
             ConfigReader {
                 config: config_rx,
@@ -207,12 +216,30 @@ impl Follower {
         .await
     }
 
-    /// One stream, until it fails.
+    /// One stream, until it fails; it starts from what the previous stream held.
     async fn follow_once(&mut self, answered: &mut bool) -> AdsError {
         let mut client =
             AdsClient::connect(self.channel.clone(), self.node.clone(), Variant::Delta);
         self.status.send_modify(|s| s.streams += 1);
         let mut st = Stream::default();
+        if let Some((resources, held)) = self.kept.take() {
+            for (t, versions) in &held {
+                client.hold_versions(t.as_str(), versions.clone());
+            }
+            st.resources = resources;
+            st.held = held;
+        }
+        let ended = self.stream(&mut client, &mut st, answered).await;
+        self.kept = Some((st.resources, st.held));
+        ended
+    }
+
+    async fn stream(
+        &mut self,
+        client: &mut AdsClient,
+        st: &mut Stream,
+        answered: &mut bool,
+    ) -> AdsError {
         for t in [TypeUrl::Cluster, TypeUrl::Listener] {
             if let Err(e) = client.subscribe(t.as_str(), &[WILDCARD]).await {
                 return e;
@@ -229,7 +256,7 @@ impl Follower {
                     Err(e) => return e,
                 },
                 () = sleep_until(warming) => {
-                    self.publish_warmed(&mut st);
+                    self.publish_warmed(st);
                     continue;
                 }
             };
@@ -238,7 +265,7 @@ impl Follower {
                 self.status.send_modify(|s| s.connected = true);
                 info!("xds stream open");
             }
-            if let Err(e) = self.handle(&mut client, &mut st, resp).await {
+            if let Err(e) = self.handle(client, st, resp).await {
                 return e;
             }
         }
@@ -265,11 +292,18 @@ impl Follower {
         // Convert everything first; only then touch the resources.
         let mut converted = Vec::with_capacity(resp.resources.len());
         let mut errors: Vec<ConvertError> = Vec::new();
+        let held = st.held.entry(t).or_default();
         for r in &resp.resources {
             match convert_resource(t, &r.name, &r.resource) {
-                Ok(c) => converted.push((r.name.clone(), c)),
+                Ok(c) => {
+                    held.insert(r.name.clone(), r.version.clone());
+                    converted.push((r.name.clone(), c));
+                }
                 Err(e) => errors.push(e),
             }
+        }
+        for n in &resp.removed {
+            held.remove(n);
         }
         st.dirty |= apply(&mut st.resources, t, converted, &resp.removed);
         st.received.insert(t.short_name());
@@ -311,6 +345,9 @@ impl Follower {
                 st.resources
                     .load_assignments
                     .retain(|k, _| names.contains(k));
+                if let Some(h) = st.held.get_mut(&TypeUrl::ClusterLoadAssignment) {
+                    h.retain(|k, _| names.contains(k));
+                }
                 st.dirty |= before != st.resources.load_assignments.len();
             }
             TypeUrl::Listener | TypeUrl::RouteConfiguration => {
@@ -323,6 +360,9 @@ impl Follower {
                 }
                 let before = st.resources.route_configs.len();
                 st.resources.route_configs.retain(|k, _| names.contains(k));
+                if let Some(h) = st.held.get_mut(&TypeUrl::RouteConfiguration) {
+                    h.retain(|k, _| names.contains(k));
+                }
                 st.dirty |= before != st.resources.route_configs.len();
             }
             _ => {}
