@@ -22,13 +22,17 @@ use crate::{ClusterError, addressing, cgroup, ip};
 /// How long `down` waits for init to reap the processes it killed.
 const REAP_WAIT: Duration = Duration::from_secs(3);
 
+/// Folder of the bootstrap tokens a dataplane injector mints for pods.
+pub const TOKENS_DIR: &str = "tokens";
+
 /// What the cluster writes into its state folder (and `down` removes).
-pub const STATE_ENTRIES: [&str; 7] = [
+pub const STATE_ENTRIES: [&str; 8] = [
     STATE_FILE,
     ".state.json.tmp",
     "cluster",
     "ca",
     "logs",
+    TOKENS_DIR,
     crate::control::SOCKET,
     "up.lock",
 ];

@@ -667,5 +667,13 @@ fn sidecars_carry_http_grpc_and_tcp_over_hbone_with_identity_policy_and_routes()
         })
         .await;
         get(&c, "client", &[&url]).await.unwrap();
+
+        // `down` removes what injection wrote too (the pods' bootstrap tokens).
+        assert!(c.state_path().join("tokens").is_dir());
+        c.yardctl("down", &[]).await.ok();
+        assert!(
+            !c.state_path().join("tokens").exists(),
+            "down left the pods' tokens behind"
+        );
     });
 }

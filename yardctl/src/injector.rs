@@ -56,7 +56,7 @@ impl Injector {
         };
         Ok(Injector {
             ca_dir: state_dir.join("ca"),
-            tokens_dir: state_dir.join("tokens"),
+            tokens_dir: state_dir.join(switchyard_local_cluster::down::TOKENS_DIR),
             default_mode,
             trust_domain: setting("trust_domain")
                 .unwrap_or("cluster.local")
