@@ -371,8 +371,13 @@ impl Proxy {
         let served = self.route_outbound(dst, req).await;
         let status = served.response.status().as_u16();
         let elapsed = start.elapsed();
-        self.http_metrics
-            .record("outbound", &served.route, status, elapsed);
+        self.http_metrics.record(
+            "outbound",
+            &served.route,
+            status,
+            served.peer_identity.as_deref(),
+            elapsed,
+        );
         info!(
             target: "switchyard_sidecar::access",
             direction = "outbound",
@@ -773,8 +778,13 @@ impl TunnelHandler {
         if let Err(denied) = decision {
             self.metrics.inbound_rbac_denied.inc();
             let route = format!("inbound|{}||", target.port());
-            self.http_metrics
-                .record("inbound", &route, 403, start.elapsed());
+            self.http_metrics.record(
+                "inbound",
+                &route,
+                403,
+                peer.identity.as_deref(),
+                start.elapsed(),
+            );
             info!(
                 target: "switchyard_sidecar::access",
                 direction = "inbound",
@@ -822,7 +832,8 @@ impl TunnelHandler {
         let status = response.status().as_u16();
         let elapsed = start.elapsed();
         let route = format!("inbound|{}||", target.port());
-        self.http_metrics.record("inbound", &route, status, elapsed);
+        self.http_metrics
+            .record("inbound", &route, status, peer.identity.as_deref(), elapsed);
         info!(
             target: "switchyard_sidecar::access",
             direction = "inbound",

@@ -1,5 +1,5 @@
-//! Request metrics of the HTTP data path: requests by direction, route and status code,
-//! latency histograms by direction, retries.
+//! Request metrics of the HTTP data path: requests by direction, route, status code and
+//! peer identity, latency histograms by direction, retries.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -19,6 +19,9 @@ pub struct RequestLabels {
     pub route: String,
     /// HTTP status code.
     pub code: u16,
+    /// The other side's SPIFFE ID: the caller (inbound), or the destination when its
+    /// cluster names exactly one identity (outbound); `-` when unknown or plaintext.
+    pub peer: String,
 }
 
 /// Labels of a latency histogram.
@@ -56,12 +59,20 @@ impl Default for HttpMetrics {
 
 impl HttpMetrics {
     /// Counts one answered request.
-    pub fn record(&self, direction: &str, route: &str, code: u16, elapsed: Duration) {
+    pub fn record(
+        &self,
+        direction: &str,
+        route: &str,
+        code: u16,
+        peer: Option<&str>,
+        elapsed: Duration,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 direction: direction.to_string(),
                 route: route.to_string(),
                 code,
+                peer: peer.unwrap_or("-").to_string(),
             })
             .inc();
         self.latency
@@ -77,7 +88,7 @@ impl HttpMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "switchyard_sidecar_http_requests",
-            "HTTP requests answered, by direction, route and status code",
+            "HTTP requests answered, by direction, route, status code and peer identity",
             self.requests.clone(),
         );
         registry.register(
@@ -95,5 +106,54 @@ impl HttpMetrics {
     /// The retry count, for `/stats`.
     pub fn render(&self, out: &mut String) {
         let _ = writeln!(out, "http_retries: {}", self.retries.get());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_route_code_and_peer() {
+        let m = HttpMetrics::default();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let client = "spiffe://cluster.local/ns/shop/sa/client";
+        m.record(
+            "inbound",
+            "inbound|8080||",
+            200,
+            Some(client),
+            Duration::from_millis(2),
+        );
+        m.record(
+            "inbound",
+            "inbound|8080||",
+            200,
+            Some(client),
+            Duration::from_millis(3),
+        );
+        m.record(
+            "inbound",
+            "inbound|8080||",
+            403,
+            None,
+            Duration::from_millis(1),
+        );
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap_or_default();
+        let line = |code: u16, peer: &str| {
+            format!(
+                "switchyard_sidecar_http_requests_total{{direction=\"inbound\",route=\"inbound|8080||\",code=\"{code}\",peer=\"{peer}\"}}"
+            )
+        };
+        assert!(out.contains(&format!("{} 2", line(200, client))), "{out}");
+        assert!(out.contains(&format!("{} 1", line(403, "-"))), "{out}");
+        assert!(
+            out.contains(
+                "switchyard_sidecar_http_request_duration_seconds_count{direction=\"inbound\"} 3"
+            ),
+            "{out}"
+        );
     }
 }
