@@ -2,6 +2,7 @@
 //! directory, and small HTTP helpers for its admin API.
 
 pub mod local;
+pub mod sidecar;
 pub mod yardctl;
 
 use std::net::SocketAddr;

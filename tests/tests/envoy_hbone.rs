@@ -15,14 +15,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use switchyard_test_support::echo_process::{EchoProcess, workspace_binary};
+use switchyard_test_support::echo_process::EchoProcess;
 use switchyard_test_support::eventually::eventually;
 use switchyard_test_support::manifests::{http as http_port, namespace, pod, service};
 use switchyard_test_support::{Envoy, EnvoyOptions, http_get, netns};
+use switchyard_tests::sidecar::SidecarProcess;
 use switchyard_tests::{ControlPlane, SdsAgentProcess, http};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -36,57 +36,12 @@ const ENVOY_VIP: &str = "10.96.0.20";
 const SIDECAR_HOST: &str = "sidecar-echo.default.svc.cluster.local:8080";
 const SIDECAR_CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/sidecar-client";
 
-/// A running `switchyard-sidecar proxy`, killed on drop.
-struct SidecarProcess {
-    _child: tokio::process::Child,
-    log: PathBuf,
-    admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl SidecarProcess {
-    /// Starts the proxy of pod `name` at `ip`, with its loopback listeners on `lo_ip`.
-    fn start(cp: &ControlPlane, name: &str, sa: &str, ip: &str, lo_ip: &str) -> Self {
-        let dir = tempfile::Builder::new().prefix("proxy").tempdir().unwrap();
-        let log = dir.path().join("proxy.log");
-        let token = switchyard_ca::token::TokenAuthority::load_or_create(cp.ca_dir.path())
-            .unwrap()
-            .create("default", sa, None, Duration::from_secs(3600));
-        let admin: SocketAddr = format!("{lo_ip}:15000").parse().unwrap();
-        let child = tokio::process::Command::new(workspace_binary("switchyard-sidecar").unwrap())
-            .args(["proxy", "--token", &token, "--namespace", "default"])
-            .args(["--service-account", sa, "--pod-name", name, "--pod-ip", ip])
-            .args(["--ca-address", &cp.xds().to_string()])
-            .args(["--xds-address", &cp.xds().to_string()])
-            .args(["--outbound-address", &format!("{lo_ip}:15001")])
-            .args(["--inbound-address", &format!("{ip}:15006")])
-            .args(["--hbone-address", &format!("{ip}:15008")])
-            .args(["--admin-address", &admin.to_string()])
-            .args(["--metrics-address", &format!("{lo_ip}:15020")])
-            .env("RUST_LOG", "info,switchyard_dataplane_sidecar=debug")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting switchyard-sidecar proxy");
-        SidecarProcess {
-            _child: child,
-            log,
-            admin,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn stats(&self) -> String {
-        http(self.admin, "GET", "/stats")
-            .await
-            .map(|(_, s)| s)
-            .unwrap_or_default()
-    }
+/// The proxy's `/stats`.
+async fn stats(p: &SidecarProcess) -> String {
+    http(p.admin, "GET", "/stats")
+        .await
+        .map(|(_, s)| s)
+        .unwrap_or_default()
 }
 
 /// A stock Envoy pod proxy (kind `envoy`) with its SDS agent.
@@ -333,7 +288,7 @@ async fn run() {
         "envoy tunnelled through connect_originate:\n{}",
         envoy_client.report().await
     );
-    let server_stats = sidecar_server.stats().await;
+    let server_stats = stats(&sidecar_server).await;
     assert!(
         server_stats.contains("inbound_hbone_forwarded: 1"),
         "{server_stats}\n{}",
@@ -372,7 +327,7 @@ async fn run() {
         Some(SIDECAR_CLIENT_ID),
         "{answer}"
     );
-    let client_stats = sidecar_client.stats().await;
+    let client_stats = stats(&sidecar_client).await;
     assert!(
         client_stats.contains("outbound_hbone: 1"),
         "{client_stats}\n{}",

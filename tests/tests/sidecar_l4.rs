@@ -14,13 +14,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use switchyard_test_support::echo_process::{EchoProcess, workspace_binary};
+use switchyard_test_support::echo_process::EchoProcess;
 use switchyard_test_support::eventually::eventually;
 use switchyard_test_support::manifests::{http as http_port, namespace, pod, service, tcp};
 use switchyard_test_support::netns;
+use switchyard_tests::sidecar::SidecarProcess;
 use switchyard_tests::{ControlPlane, http};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -28,51 +28,6 @@ const CLIENT_IP: &str = "10.244.0.5";
 const SERVER_IP: &str = "10.244.0.11";
 const VIP: &str = "10.96.0.10";
 const WAIT: Duration = Duration::from_secs(20);
-
-struct ProxyProcess {
-    child: tokio::process::Child,
-    log: PathBuf,
-    admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl ProxyProcess {
-    /// Starts the proxy of pod `name` at `ip`, with its loopback listeners on `lo_ip`.
-    fn start(cp: &ControlPlane, name: &str, sa: &str, ip: &str, lo_ip: &str) -> Self {
-        let dir = tempfile::Builder::new().prefix("proxy").tempdir().unwrap();
-        let log = dir.path().join("proxy.log");
-        let token = switchyard_ca::token::TokenAuthority::load_or_create(cp.ca_dir.path())
-            .unwrap()
-            .create("default", sa, None, Duration::from_secs(3600));
-        let admin: SocketAddr = format!("{lo_ip}:15000").parse().unwrap();
-        let child = tokio::process::Command::new(workspace_binary("switchyard-sidecar").unwrap())
-            .args(["proxy", "--token", &token, "--namespace", "default"])
-            .args(["--service-account", sa, "--pod-name", name, "--pod-ip", ip])
-            .args(["--ca-address", &cp.xds().to_string()])
-            .args(["--xds-address", &cp.xds().to_string()])
-            .args(["--outbound-address", &format!("{lo_ip}:15001")])
-            .args(["--inbound-address", &format!("{ip}:15006")])
-            .args(["--hbone-address", &format!("{ip}:15008")])
-            .args(["--admin-address", &admin.to_string()])
-            .args(["--metrics-address", &format!("{lo_ip}:15020")])
-            .env("RUST_LOG", "info,switchyard_dataplane_sidecar=debug")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting switchyard-sidecar proxy");
-        ProxyProcess {
-            child,
-            log,
-            admin,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
 
 async fn get_via_vip(addr: SocketAddr) -> std::io::Result<String> {
     get_path_via_vip(addr, "/hello").await
@@ -150,8 +105,8 @@ async fn run() {
     )
     .await
     .unwrap();
-    let server = ProxyProcess::start(&cp, "echo-1", "echo", SERVER_IP, "127.0.0.2");
-    let client = ProxyProcess::start(&cp, "client-0", "client", CLIENT_IP, "127.0.0.1");
+    let server = SidecarProcess::start(&cp, "echo-1", "echo", SERVER_IP, "127.0.0.2");
+    let client = SidecarProcess::start(&cp, "client-0", "client", CLIENT_IP, "127.0.0.1");
 
     for p in [&server, &client] {
         eventually(WAIT, "the proxy to be ready", || async {

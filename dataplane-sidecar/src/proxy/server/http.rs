@@ -146,24 +146,11 @@ pub fn request_matches<B>(m: &RouteMatch, req: &Request<B>) -> bool {
     if m.grpc_only && !is_grpc {
         return false;
     }
-    let headers_hold = m.headers.iter().all(|h| {
-        let value = match h.name.as_str() {
-            ":authority" => host_of(req),
-            ":method" => Some(req.method().as_str().to_string()),
-            ":path" => req.uri().path_and_query().map(|p| p.as_str().to_string()),
-            ":scheme" => Some(req.uri().scheme_str().unwrap_or("http").to_string()),
-            name => {
-                let values: Vec<&str> = req
-                    .headers()
-                    .get_all(name)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .collect();
-                (!values.is_empty()).then(|| values.join(","))
-            }
-        };
-        h.matches(value.as_deref())
-    });
+    let view = RequestView(req);
+    let headers_hold = m
+        .headers
+        .iter()
+        .all(|h| h.matches(view.header(&h.name).as_deref()));
     if !headers_hold {
         return false;
     }

@@ -1,0 +1,66 @@
+//! A `switchyard-sidecar proxy` process as the tests run it: one pod's proxy against a
+//! [`ControlPlane`](crate::ControlPlane), plaintext xDS, its pod-facing listeners on the pod
+//! IP and its local ones (outbound, admin, metrics) on a loopback address; killed on drop.
+
+// Test harness: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use switchyard_test_support::echo_process::workspace_binary;
+
+use crate::ControlPlane;
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct SidecarProcess {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// Its log (stderr).
+    pub log: PathBuf,
+    /// Its admin address (`/ready`, `/stats`).
+    pub admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl SidecarProcess {
+    /// Starts the proxy of pod `name` (namespace `default`, service account `sa`) at `ip`,
+    /// with its loopback listeners on `lo_ip`.
+    pub fn start(cp: &ControlPlane, name: &str, sa: &str, ip: &str, lo_ip: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix("proxy").tempdir().unwrap();
+        let log = dir.path().join("proxy.log");
+        let token = switchyard_ca::token::TokenAuthority::load_or_create(cp.ca_dir.path())
+            .unwrap()
+            .create("default", sa, None, Duration::from_secs(3600));
+        let admin: SocketAddr = format!("{lo_ip}:15000").parse().unwrap();
+        let child = tokio::process::Command::new(workspace_binary("switchyard-sidecar").unwrap())
+            .args(["proxy", "--token", &token, "--namespace", "default"])
+            .args(["--service-account", sa, "--pod-name", name, "--pod-ip", ip])
+            .args(["--ca-address", &cp.xds().to_string()])
+            .args(["--xds-address", &cp.xds().to_string()])
+            .args(["--outbound-address", &format!("{lo_ip}:15001")])
+            .args(["--inbound-address", &format!("{ip}:15006")])
+            .args(["--hbone-address", &format!("{ip}:15008")])
+            .args(["--admin-address", &admin.to_string()])
+            .args(["--metrics-address", &format!("{lo_ip}:15020")])
+            .env("RUST_LOG", "info,switchyard_dataplane_sidecar=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting switchyard-sidecar proxy");
+        SidecarProcess {
+            child,
+            log,
+            admin,
+            _dir: dir,
+        }
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
