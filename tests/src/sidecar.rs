@@ -64,3 +64,40 @@ impl SidecarProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
+
+/// A pod's stock Envoy proxy (kind `envoy`, delta ADS, listeners on the pod IP) with its SDS
+/// agent. `ENVOY_LOG` sets Envoy's log level (default `info`).
+#[derive(Debug)]
+pub struct EnvoyPod {
+    /// The Envoy process.
+    pub envoy: switchyard_test_support::Envoy,
+    /// Its SDS agent.
+    pub agent: crate::SdsAgentProcess,
+    /// The pod IP.
+    pub ip: String,
+}
+
+impl EnvoyPod {
+    /// Starts the proxy of pod `name` (namespace `default`, service account `sa`) at `ip`;
+    /// `ttl` is the certificate lifetime to ask for, seconds (0: the CA's default).
+    pub async fn start(cp: &ControlPlane, name: &str, sa: &str, ip: &str, ttl: u64) -> EnvoyPod {
+        let node_id = format!("envoy~{ip}~{name}.default~default.svc.cluster.local");
+        let agent = crate::SdsAgentProcess::start(cp, "default", sa, &node_id, ttl)
+            .await
+            .unwrap();
+        let envoy = switchyard_test_support::Envoy::start(
+            switchyard_test_support::EnvoyOptions::new(node_id, cp.xds())
+                .delta(true)
+                .metadata("LISTEN_ADDRESS", ip)
+                .sds_socket(&agent.socket)
+                .log_level(std::env::var("ENVOY_LOG").unwrap_or_else(|_| "info".into())),
+        )
+        .await
+        .unwrap();
+        EnvoyPod {
+            envoy,
+            agent,
+            ip: ip.to_string(),
+        }
+    }
+}

@@ -21,9 +21,9 @@ use serde_json::Value;
 use switchyard_test_support::echo_process::EchoProcess;
 use switchyard_test_support::eventually::eventually;
 use switchyard_test_support::manifests::{http as http_port, namespace, pod, service};
-use switchyard_test_support::{Envoy, EnvoyOptions, http_get, netns};
-use switchyard_tests::sidecar::SidecarProcess;
-use switchyard_tests::{ControlPlane, SdsAgentProcess, http};
+use switchyard_test_support::{http_get, netns};
+use switchyard_tests::sidecar::{EnvoyPod, SidecarProcess};
+use switchyard_tests::{ControlPlane, http};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -44,35 +44,13 @@ async fn stats(p: &SidecarProcess) -> String {
         .unwrap_or_default()
 }
 
-/// A stock Envoy pod proxy (kind `envoy`) with its SDS agent.
-struct EnvoyPod {
-    envoy: Envoy,
-    agent: SdsAgentProcess,
-    ip: String,
+/// Reports of an Envoy pod.
+trait EnvoyPodExt {
+    async fn connect_stats(&self) -> String;
+    async fn report(&self) -> String;
 }
 
-impl EnvoyPod {
-    async fn start(cp: &ControlPlane, name: &str, sa: &str, ip: &str) -> EnvoyPod {
-        let node_id = format!("envoy~{ip}~{name}.default~default.svc.cluster.local");
-        let agent = SdsAgentProcess::start(cp, "default", sa, &node_id, 0)
-            .await
-            .unwrap();
-        let envoy = Envoy::start(
-            EnvoyOptions::new(node_id, cp.xds())
-                .delta(true)
-                .metadata("LISTEN_ADDRESS", ip)
-                .sds_socket(&agent.socket)
-                .log_level(std::env::var("HBONE_ENVOY_LOG").unwrap_or_else(|_| "info".into())),
-        )
-        .await
-        .unwrap();
-        EnvoyPod {
-            envoy,
-            agent,
-            ip: ip.to_string(),
-        }
-    }
-
+impl EnvoyPodExt for EnvoyPod {
     /// Nonzero stats about the HBONE resources, for assertions and failure reports.
     async fn connect_stats(&self) -> String {
         let stats = self.envoy.stats().await.unwrap_or_default();
@@ -226,9 +204,9 @@ async fn run() {
         SIDECAR_CLIENT_IP,
         "127.0.0.1",
     );
-    let envoy_server = EnvoyPod::start(&cp, "envoy-echo-1", "envoy-echo", ENVOY_SERVER_IP).await;
+    let envoy_server = EnvoyPod::start(&cp, "envoy-echo-1", "envoy-echo", ENVOY_SERVER_IP, 0).await;
     let envoy_client =
-        EnvoyPod::start(&cp, "envoy-client-0", "envoy-client", ENVOY_CLIENT_IP).await;
+        EnvoyPod::start(&cp, "envoy-client-0", "envoy-client", ENVOY_CLIENT_IP, 0).await;
     for p in [&sidecar_server, &sidecar_client] {
         eventually(WAIT, "the sidecar to be ready", || async {
             match http(p.admin, "GET", "/ready").await {

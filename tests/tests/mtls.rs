@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use switchyard_test_support::manifests::namespace;
-use switchyard_test_support::{EchoProcess, Envoy, EnvoyOptions, http_get, netns};
-use switchyard_tests::{ControlPlane, SdsAgentProcess};
+use switchyard_test_support::{EchoProcess, http_get, netns};
+use switchyard_tests::ControlPlane;
+use switchyard_tests::sidecar::EnvoyPod;
 
 const WAIT: Duration = Duration::from_secs(20);
 const APP_PORT: u16 = 18080;
@@ -81,34 +82,15 @@ fn capture(rules: &[(&str, &str)], hbone: &[(&str, &str)]) {
 }
 
 /// A pod's proxy: Envoy plus its SDS agent.
-struct Proxy {
-    envoy: Envoy,
-    agent: SdsAgentProcess,
-    ip: String,
+type Proxy = EnvoyPod;
+
+/// What these tests read of a pod's proxy.
+trait PodProxy {
+    fn outbound(&self) -> SocketAddr;
+    async fn serials(&self) -> Vec<String>;
 }
 
-impl Proxy {
-    async fn start(cp: &ControlPlane, name: &str, sa: &str, ip: &str, ttl: u64) -> Proxy {
-        let node_id = format!("envoy~{ip}~{name}.default~default.svc.cluster.local");
-        let agent = SdsAgentProcess::start(cp, "default", sa, &node_id, ttl)
-            .await
-            .unwrap();
-        let envoy = Envoy::start(
-            EnvoyOptions::new(node_id, cp.xds())
-                .delta(true)
-                .metadata("LISTEN_ADDRESS", ip)
-                .sds_socket(&agent.socket)
-                .log_level(std::env::var("MTLS_ENVOY_LOG").unwrap_or_else(|_| "info".into())),
-        )
-        .await
-        .unwrap();
-        Proxy {
-            envoy,
-            agent,
-            ip: ip.to_string(),
-        }
-    }
-
+impl PodProxy for EnvoyPod {
     fn outbound(&self) -> SocketAddr {
         SocketAddr::new(self.ip.parse().unwrap(), 15001)
     }
