@@ -530,6 +530,9 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     metrics.register(&mut registry);
     http_metrics.register(&mut registry);
     proxy.detector().stats().register(&mut registry);
+    registry.register_collector(Box::new(
+        switchyard_dataplane_sidecar::proxy::server::UpstreamCollector::new(proxy.upstreams()),
+    ));
     registry.register(
         "switchyard_sidecar_certificate_rotations",
         "certificates installed",
@@ -585,6 +588,23 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
                     let mut out = String::new();
                     stats_proxy.metrics().render(&mut out);
                     stats_proxy.http_metrics().render(&mut out);
+                    let upstreams = stats_proxy.upstreams().load_full();
+                    let mut names: Vec<_> = upstreams.keys().collect();
+                    names.sort();
+                    for name in names {
+                        let snap = upstreams[name].breaker.snapshot();
+                        if snap.each().iter().any(|(_, c)| c.refused > 0) {
+                            let _ = write!(out, "circuit {name}:");
+                            for (resource, c) in snap.each() {
+                                let _ = write!(
+                                    out,
+                                    " {resource}={}/{} refused={}",
+                                    c.active, c.limit, c.refused
+                                );
+                            }
+                            out.push('\n');
+                        }
+                    }
                     for (cluster, counts) in stats_proxy.balancer_counts() {
                         if counts.ejections > 0 || counts.panic_picks > 0 {
                             let _ = writeln!(

@@ -241,6 +241,7 @@ impl MeshBuilder {
                 ports: s.ports.clone(),
                 selector: s.selector.clone(),
                 visibility: s.visibility.clone(),
+                limits: s.limits,
             };
             mesh.service_by_host
                 .insert(svc.hostname.clone(), key.clone());

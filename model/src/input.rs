@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::mesh::{
-    DataplaneMode, Locality, MtlsMode, ObjectKey, PolicyAction, PolicyRule, RetryPolicy, RouteKind,
-    RouteMatch, ServicePort, Visibility,
+    ConnectionLimits, DataplaneMode, Locality, MtlsMode, ObjectKey, PolicyAction, PolicyRule,
+    RetryPolicy, RouteKind, RouteMatch, ServicePort, Visibility,
 };
 
 /// A Namespace.
@@ -43,6 +43,8 @@ pub struct ServiceInput {
     pub selector: Option<BTreeMap<String, String>>,
     /// Export scope.
     pub visibility: Visibility,
+    /// Client-side connection limits.
+    pub limits: ConnectionLimits,
 }
 
 /// A Pod.
@@ -237,6 +239,7 @@ impl ServiceInput {
             ports: Vec::new(),
             selector: Some(BTreeMap::from([("app".to_string(), name.to_string())])),
             visibility: Visibility::All,
+            limits: ConnectionLimits::default(),
         }
     }
 

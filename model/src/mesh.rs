@@ -15,6 +15,15 @@ pub const DATAPLANE_MODE_LABEL: &str = "switchyard.io/dataplane-mode";
 /// Service annotation that limits which namespaces see a service: `*` (default), `.` (own
 /// namespace) or a comma-separated list of namespaces.
 pub const EXPORT_TO_ANNOTATION: &str = "switchyard.io/export-to";
+/// Service annotation: most open connections to the service's endpoints, per client proxy
+/// (Envoy's `max_connections`; Istio's `connectionPool.tcp.maxConnections`).
+pub const MAX_CONNECTIONS_ANNOTATION: &str = "switchyard.io/max-connections";
+/// Service annotation: most requests waiting for a connection, per client proxy.
+pub const MAX_PENDING_REQUESTS_ANNOTATION: &str = "switchyard.io/max-pending-requests";
+/// Service annotation: most requests in flight, per client proxy.
+pub const MAX_REQUESTS_ANNOTATION: &str = "switchyard.io/max-requests";
+/// Service annotation: most retries in flight, per client proxy.
+pub const MAX_RETRIES_ANNOTATION: &str = "switchyard.io/max-retries";
 /// Node label for the region part of locality.
 pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
 /// Node label for the zone part of locality.
@@ -273,6 +282,27 @@ impl Visibility {
     }
 }
 
+/// Circuit-breaker limits a client proxy keeps for a service (unset: the dataplane's
+/// defaults, Envoy's 1024 / 1024 / 1024 / 3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ConnectionLimits {
+    /// Most open connections.
+    pub max_connections: Option<u32>,
+    /// Most requests waiting for a connection.
+    pub max_pending_requests: Option<u32>,
+    /// Most requests in flight.
+    pub max_requests: Option<u32>,
+    /// Most retries in flight.
+    pub max_retries: Option<u32>,
+}
+
+impl ConnectionLimits {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == ConnectionLimits::default()
+    }
+}
+
 /// A Kubernetes Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
@@ -288,6 +318,8 @@ pub struct Service {
     pub selector: Option<BTreeMap<String, String>>,
     /// Who sees the service.
     pub visibility: Visibility,
+    /// Client-side connection limits (circuit breaking).
+    pub limits: ConnectionLimits,
 }
 
 impl Service {

@@ -123,13 +123,24 @@ pub fn service(ns: &str, name: &str, vip: &str, ports: &[Port<'_>]) -> String {
     s
 }
 
+/// A Service with these annotations.
+pub fn annotated_service(
+    ns: &str,
+    name: &str,
+    vip: &str,
+    ports: &[Port<'_>],
+    annotations: &[(&str, &str)],
+) -> String {
+    let mut meta = format!("  namespace: {ns}\n  annotations:\n");
+    for (k, v) in annotations {
+        let _ = writeln!(meta, "    {k}: {v:?}");
+    }
+    service(ns, name, vip, ports).replacen(&format!("  namespace: {ns}\n"), &meta, 1)
+}
+
 /// A Service visible only in its own namespace.
 pub fn private_service(ns: &str, name: &str, vip: &str, ports: &[Port<'_>]) -> String {
-    service(ns, name, vip, ports).replacen(
-        &format!("  namespace: {ns}\n"),
-        &format!("  namespace: {ns}\n  annotations:\n    switchyard.io/export-to: \".\"\n"),
-        1,
-    )
+    annotated_service(ns, name, vip, ports, &[("switchyard.io/export-to", ".")])
 }
 
 /// A running Pod with `app=<app>`.

@@ -91,8 +91,16 @@ fn pod(net: u8, name: &str, version: &str) -> String {
 
 fn services(hp: u16, gp: u16) -> Vec<String> {
     let svc = |name: &str, vip: &str, selector: &str| {
+        // echo-b carries connection limits: Envoy must accept them as circuit breakers
+        let annotations = if name == "echo-b" {
+            "  annotations:\n    switchyard.io/max-connections: \"50\"\n    \
+             switchyard.io/max-pending-requests: \"10\"\n    \
+             switchyard.io/max-requests: \"100\"\n    switchyard.io/max-retries: \"2\"\n"
+        } else {
+            ""
+        };
         format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  clusterIP: {vip}\n  selector:\n{selector}  ports:\n  - name: http\n    port: 8080\n    targetPort: {hp}\n  - name: grpc\n    port: 9090\n    targetPort: {gp}\n    appProtocol: grpc\n"
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n{annotations}spec:\n  clusterIP: {vip}\n  selector:\n{selector}  ports:\n  - name: http\n    port: 8080\n    targetPort: {hp}\n  - name: grpc\n    port: 9090\n    targetPort: {gp}\n    appProtocol: grpc\n"
         )
     };
     vec![
@@ -222,6 +230,22 @@ impl Fixture {
     }
 }
 
+/// The dynamic active cluster named `name` in a config_dump.
+fn find_cluster<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    match v {
+        Value::Object(map) => {
+            if let Some(c) = map.get("cluster")
+                && c["name"] == name
+            {
+                return Some(c);
+            }
+            map.values().find_map(|x| find_cluster(x, name))
+        }
+        Value::Array(items) => items.iter().find_map(|x| find_cluster(x, name)),
+        _ => None,
+    }
+}
+
 /// Names of dynamic resources of one config_dump section (`dynamic_active_clusters`,
 /// `dynamic_listeners`, `dynamic_route_configs`).
 fn collect_names(v: &Value, section: &str, out: &mut Vec<String>) {
@@ -271,6 +295,22 @@ async fn conformance(net: u8, delta: bool) {
         "{clusters:?}"
     );
     assert!(clusters.contains(&"inbound|18080||".to_string()) || !clusters.is_empty());
+    // the Service's connection limits, as Envoy holds them
+    let dump = f.envoy.config_dump().await.unwrap();
+    let thresholds = find_cluster(&dump, "outbound|8080||echo-b.default.svc.cluster.local")
+        .map(|c| c["circuit_breakers"]["thresholds"][0].clone())
+        .unwrap_or_else(|| panic!("echo-b cluster missing: {dump}"));
+    for (field, want) in [
+        ("max_connections", 50),
+        ("max_pending_requests", 10),
+        ("max_requests", 100),
+        ("max_retries", 2),
+    ] {
+        assert_eq!(
+            thresholds[field], want,
+            "{variant}: {field} in {thresholds}"
+        );
+    }
     let listeners = f.dump_names("dynamic_listeners").await;
     assert!(
         listeners.contains(&"outbound".to_string()) && listeners.contains(&"inbound".to_string()),

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use switchyard_test_support::echo_process::EchoProcess;
 use switchyard_test_support::eventually::eventually;
-use switchyard_test_support::manifests::{http as http_port, namespace, pod, service, tcp};
+use switchyard_test_support::manifests::{
+    annotated_service, http as http_port, namespace, pod, service, tcp,
+};
 use switchyard_test_support::netns;
 use switchyard_tests::sidecar::SidecarProcess;
 use switchyard_tests::{ControlPlane, http};
@@ -46,13 +48,12 @@ async fn get_path_via_vip(addr: SocketAddr, path: &str) -> std::io::Result<Strin
     Ok(out)
 }
 
-#[test]
-fn client_reaches_the_echo_vip_through_both_proxies_over_hbone() {
+/// Enters a private network namespace with both pods' addresses and the client's capture,
+/// and returns a runtime to run the test in; `None` (after saying so) when not root.
+fn private_pods(test: &str) -> Option<tokio::runtime::Runtime> {
     if !netns::is_root() {
-        eprintln!(
-            "SKIPPED client_reaches_the_echo_vip_through_both_proxies_over_hbone: needs root (network namespace, nftables, SO_MARK)"
-        );
-        return;
+        eprintln!("SKIPPED {test}: needs root (network namespace, nftables, SO_MARK)");
+        return None;
     }
     netns::enter_private().unwrap();
     for cmd in [
@@ -74,11 +75,158 @@ fn client_reaches_the_echo_vip_through_both_proxies_over_hbone() {
          }",
     )
     .unwrap();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(run());
+    Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+    )
+}
+
+/// The echo app, its sidecar and the client's sidecar, both ready.
+async fn start_pods(cp: &ControlPlane) -> (EchoProcess, SidecarProcess, SidecarProcess) {
+    let echo = EchoProcess::start(
+        "echo-1",
+        Some(format!("{SERVER_IP}:18080").parse().unwrap()),
+        None,
+    )
+    .await
+    .unwrap();
+    let server = SidecarProcess::start(cp, "echo-1", "echo", SERVER_IP, "127.0.0.2");
+    let client = SidecarProcess::start(cp, "client-0", "client", CLIENT_IP, "127.0.0.1");
+    for p in [&server, &client] {
+        eventually(WAIT, "the proxy to be ready", || async {
+            match http(p.admin, "GET", "/ready").await {
+                Ok((200, _)) => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+    }
+    (echo, server, client)
+}
+
+#[test]
+fn client_reaches_the_echo_vip_through_both_proxies_over_hbone() {
+    if let Some(rt) = private_pods("client_reaches_the_echo_vip_through_both_proxies_over_hbone") {
+        rt.block_on(run());
+    }
+}
+
+#[test]
+fn service_connection_limits_refuse_the_excess_and_free_on_completion() {
+    if let Some(rt) =
+        private_pods("service_connection_limits_refuse_the_excess_and_free_on_completion")
+    {
+        rt.block_on(limits());
+    }
+}
+
+/// `switchyard.io/max-requests: 1` and `max-connections: 1` on the echo Service: with one
+/// slow request in flight a second one gets Envoy's overflow answer (`503` naming the limit),
+/// a second TCP connection is closed at once, and both limits free up when the first
+/// finishes; the refusals are counted per cluster and limit.
+async fn limits() {
+    let cp = ControlPlane::start(&[(
+        "mesh.yaml",
+        vec![
+            namespace("default", Some("sidecar")),
+            annotated_service(
+                "default",
+                "echo",
+                VIP,
+                &[tcp(7070, 18080), http_port(8080, 18080)],
+                &[
+                    ("switchyard.io/max-requests", "1"),
+                    ("switchyard.io/max-connections", "1"),
+                ],
+            ),
+            pod("default", "client-0", "client", CLIENT_IP),
+            pod("default", "echo-1", "echo", SERVER_IP),
+        ],
+    )])
+    .await
+    .unwrap();
+    let (_echo, server, client) = start_pods(&cp).await;
+    let http_vip: SocketAddr = format!("{VIP}:8080").parse().unwrap();
+    eventually(WAIT, "an answer through the proxies", || async {
+        get_via_vip(http_vip)
+            .await
+            .ok()
+            .filter(|a| a.starts_with("HTTP/1.1 200"))
+    })
+    .await;
+
+    // HTTP: one request slot.
+    let slow = tokio::spawn(get_path_via_vip(http_vip, "/slow?delay_ms=1500"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let refused = get_via_vip(http_vip).await.unwrap();
+    assert!(
+        refused.starts_with("HTTP/1.1 503"),
+        "{refused}\n{}",
+        client.log()
+    );
+    assert!(
+        refused
+            .to_ascii_lowercase()
+            .contains("switchyard-overloaded: max-requests"),
+        "{refused}"
+    );
+    let answer = slow.await.unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let again = get_via_vip(http_vip).await.unwrap();
+    assert!(again.starts_with("HTTP/1.1 200"), "slot not freed: {again}");
+
+    // TCP: one connection slot, held while the first connection is open.
+    let tcp_vip: SocketAddr = format!("{VIP}:7070").parse().unwrap();
+    let mut first = tokio::net::TcpStream::connect(tcp_vip).await.unwrap();
+    first
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    first.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    let mut second = tokio::net::TcpStream::connect(tcp_vip).await.unwrap();
+    second
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n")
+        .await
+        .ok();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut out))
+        .await
+        .expect("the second connection was neither served nor closed");
+    assert!(
+        read.is_err() || out.is_empty(),
+        "the second connection was served: {}",
+        String::from_utf8_lossy(&out)
+    );
+    drop(first);
+    let third = eventually(WAIT, "the connection slot to free", || async {
+        get_via_vip(tcp_vip)
+            .await
+            .ok()
+            .filter(|a| a.starts_with("HTTP/1.1 200"))
+    })
+    .await;
+    assert!(third.contains("echo-1"), "{third}");
+
+    let (code, metrics) = http("127.0.0.1:15020".parse().unwrap(), "GET", "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    for line in [
+        "switchyard_sidecar_upstream_overflow_total{cluster=\"outbound|8080||echo.default.svc.cluster.local\",resource=\"max-requests\"} 1",
+        "switchyard_sidecar_upstream_overflow_total{cluster=\"outbound|7070||echo.default.svc.cluster.local\",resource=\"max-connections\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    let (_, stats) = http(client.admin, "GET", "/stats").await.unwrap();
+    assert!(
+        stats.contains("circuit outbound|8080||echo.default.svc.cluster.local:"),
+        "{stats}"
+    );
+    drop(server);
 }
 
 async fn run() {
@@ -98,25 +246,7 @@ async fn run() {
     )])
     .await
     .unwrap();
-    let _echo = EchoProcess::start(
-        "echo-1",
-        Some(format!("{SERVER_IP}:18080").parse().unwrap()),
-        None,
-    )
-    .await
-    .unwrap();
-    let server = SidecarProcess::start(&cp, "echo-1", "echo", SERVER_IP, "127.0.0.2");
-    let client = SidecarProcess::start(&cp, "client-0", "client", CLIENT_IP, "127.0.0.1");
-
-    for p in [&server, &client] {
-        eventually(WAIT, "the proxy to be ready", || async {
-            match http(p.admin, "GET", "/ready").await {
-                Ok((200, _)) => Some(()),
-                _ => None,
-            }
-        })
-        .await;
-    }
+    let (_echo, server, client) = start_pods(&cp).await;
 
     // opaque TCP port, then an HTTP port (served by the HTTP data path)
     for (port, proxied_as) in [(7070, "outbound_hbone: 1"), (8080, "http1: 1")] {

@@ -11,6 +11,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use tracing::debug;
 
 /// Response header naming the exhausted resource on a `503` the proxy made itself (Envoy's
@@ -84,6 +86,17 @@ impl Default for CircuitLimits {
     }
 }
 
+impl From<&crate::config::cluster::CircuitBreakers> for CircuitLimits {
+    fn from(c: &crate::config::cluster::CircuitBreakers) -> Self {
+        CircuitLimits {
+            max_connections: c.max_connections,
+            max_pending_requests: c.max_pending_requests,
+            max_requests: c.max_requests,
+            max_retries: c.max_retries,
+        }
+    }
+}
+
 impl CircuitLimits {
     fn get(&self, resource: Resource) -> u32 {
         match resource {
@@ -125,6 +138,9 @@ struct Counter {
 #[derive(Debug)]
 struct Inner {
     counters: [Counter; 4],
+    /// Woken when a connection slot is given back or a pooled connection turns idle: what
+    /// a request waiting for a connection waits for.
+    freed: Notify,
 }
 
 /// The counters of one cluster; clones share them.
@@ -157,12 +173,25 @@ pub struct CircuitSnapshot {
     pub retries: ResourceCounts,
 }
 
+impl CircuitSnapshot {
+    /// Each resource with its counts.
+    pub fn each(&self) -> [(Resource, ResourceCounts); 4] {
+        [
+            (Resource::Connections, self.connections),
+            (Resource::PendingRequests, self.pending_requests),
+            (Resource::Requests, self.requests),
+            (Resource::Retries, self.retries),
+        ]
+    }
+}
+
 impl CircuitBreaker {
     /// A breaker with these limits and nothing in use.
     pub fn new(limits: CircuitLimits) -> Self {
         let breaker = Self {
             inner: Arc::new(Inner {
                 counters: Default::default(),
+                freed: Notify::new(),
             }),
         };
         breaker.set_limits(limits);
@@ -223,6 +252,18 @@ impl CircuitBreaker {
         }
     }
 
+    /// Resolves at the next [`CircuitBreaker::notify_freed`] or dropped connection slot.
+    /// Create it (and `enable` it) before checking, so a wake-up between the check and the
+    /// wait is not lost.
+    pub fn freed(&self) -> Notified<'_> {
+        self.inner.freed.notified()
+    }
+
+    /// Wakes the requests waiting for a connection (a pooled connection turned idle).
+    pub fn notify_freed(&self) {
+        self.inner.freed.notify_waiters();
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> CircuitSnapshot {
         let counts = |resource| {
@@ -272,6 +313,9 @@ impl Drop for CircuitGuard {
         self.inner.counters[self.resource.index()]
             .active
             .fetch_sub(1, Ordering::AcqRel);
+        if self.resource == Resource::Connections {
+            self.inner.freed.notify_waiters();
+        }
     }
 }
 

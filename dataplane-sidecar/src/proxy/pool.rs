@@ -1,9 +1,15 @@
-//! Upstream HTTP connections, pooled per endpoint address: HTTP/1.1 connections are reused
-//! one request at a time (an idle list per endpoint), HTTP/2 connections are shared by all
-//! concurrent requests to the endpoint (one per endpoint, replaced when it closes).
+//! Upstream HTTP connections, pooled per cluster and endpoint address (as Envoy keeps one
+//! pool per cluster and host): HTTP/1.1 connections are reused one request at a time (an
+//! idle list per endpoint), HTTP/2 connections are shared by all concurrent requests to the
+//! endpoint (one per endpoint, replaced when it closes).
 //!
-//! It owns connection reuse only. Dialing (plain TCP with the proxy mark, or an HBONE
-//! tunnel) is the caller's: [`Pool::send`] calls the dialer when it has no usable connection.
+//! It owns connection reuse and the cluster's connection and pending-request limits: a
+//! request that needs a new connection holds a pending-request slot until it has one (none
+//! free: `503`, [`SendError::Overloaded`]); at the connection limit it waits for a pooled
+//! connection to turn idle or a connection to close, and closes an idle connection of the
+//! cluster to another endpoint to make room. Dialing (plain TCP with the proxy mark, or an
+//! HBONE tunnel) is the caller's: [`Pool::send`] calls the dialer when it may open a
+//! connection.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +25,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::debug;
 
+use super::circuit::{CircuitBreaker, CircuitGuard, Overloaded};
 use switchyard_dataplane_runtime::hbone::TargetStream;
 
 /// Boxed error of a proxied body.
@@ -41,6 +48,9 @@ pub enum Proto {
 /// Why a request got no response from the upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
+    /// A circuit breaker refused the request (nothing was sent).
+    #[error(transparent)]
+    Overloaded(Overloaded),
     /// No connection could be made (nothing was sent).
     #[error("upstream connect error: {0}")]
     Connect(#[source] io::Error),
@@ -55,18 +65,30 @@ pub enum SendError {
 /// Most idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 64;
 
+/// Where a request goes: the cluster (whose limits apply) and the endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The cluster's name.
+    pub cluster: &'a str,
+    /// The endpoint.
+    pub addr: SocketAddr,
+    /// The cluster's circuit breaker.
+    pub breaker: &'a CircuitBreaker,
+}
+
+type PerCluster<T> = HashMap<String, HashMap<SocketAddr, T>>;
+
 /// The pool; share it as `Arc<Pool>`.
 #[derive(Default)]
 pub struct Pool {
-    h1_idle: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    h1_idle: Mutex<PerCluster<Vec<http1::SendRequest<Body>>>>,
+    h2: Mutex<PerCluster<http2::SendRequest<Body>>>,
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("h1_idle_endpoints", &lock(&self.h1_idle).len())
-            .field("h2_endpoints", &lock(&self.h2).len())
+            .field("pooled", &self.pooled())
             .finish()
     }
 }
@@ -75,13 +97,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// What waiting for a connection ended with.
+enum Acquired<S> {
+    /// A pooled connection.
+    Pooled(S),
+    /// A connection slot: dial a new connection.
+    Slot(CircuitGuard),
+}
+
 impl Pool {
-    /// Sends `req` to the endpoint `addr` in `proto`, on a pooled connection or a new one from
-    /// `dial`. A pooled HTTP/1.1 connection that turns out closed is dropped and the request
-    /// goes on a new connection (nothing was processed by the upstream then).
+    /// Sends `req` to `target` in `proto`, on a pooled connection or a new one from `dial`.
+    /// A pooled HTTP/1.1 connection that turns out closed is dropped and the request goes on
+    /// another connection (nothing was processed by the upstream then).
     pub async fn send<F, Fut>(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        target: Target<'_>,
         proto: Proto,
         req: Request<Body>,
         dial: F,
@@ -91,14 +121,72 @@ impl Pool {
         Fut: Future<Output = io::Result<UpstreamIo>>,
     {
         match proto {
-            Proto::Http1 => self.send_h1(addr, req, dial).await,
-            Proto::Http2 => self.send_h2(addr, req, dial).await,
+            Proto::Http1 => self.send_h1(target, req, dial).await,
+            Proto::Http2 => self.send_h2(target, req, dial).await,
+        }
+    }
+
+    fn idle_h1(&self, target: &Target<'_>) -> Option<http1::SendRequest<Body>> {
+        let mut idle = lock(&self.h1_idle);
+        let list = idle.get_mut(target.cluster)?.get_mut(&target.addr)?;
+        // Closed or busy senders are dropped on the way.
+        while let Some(s) = list.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Closes one idle HTTP/1.1 connection of the cluster to another endpoint, so that its
+    /// connection slot frees (when its task ends). Returns whether one was closed.
+    fn close_idle_elsewhere(&self, target: &Target<'_>) -> bool {
+        let mut idle = lock(&self.h1_idle);
+        let Some(endpoints) = idle.get_mut(target.cluster) else {
+            return false;
+        };
+        endpoints
+            .iter_mut()
+            .filter(|(addr, _)| **addr != target.addr)
+            .find_map(|(_, list)| list.pop())
+            .is_some()
+    }
+
+    /// Waits until a pooled connection (from `pooled`) or a connection slot is available,
+    /// holding a pending-request slot meanwhile. Refuses when no pending slot is free.
+    async fn acquire<S>(
+        &self,
+        target: &Target<'_>,
+        mut pooled: impl FnMut() -> Option<S>,
+    ) -> Result<Acquired<S>, SendError> {
+        if let Some(s) = pooled() {
+            return Ok(Acquired::Pooled(s));
+        }
+        let _pending = target
+            .breaker
+            .try_pending_request()
+            .map_err(SendError::Overloaded)?;
+        loop {
+            let freed = target.breaker.freed();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(s) = pooled() {
+                return Ok(Acquired::Pooled(s));
+            }
+            match target.breaker.try_connection() {
+                Ok(slot) => return Ok(Acquired::Slot(slot)),
+                Err(full) => {
+                    let closed = self.close_idle_elsewhere(target);
+                    debug!(cluster = target.cluster, endpoint = %target.addr, limit = full.limit, closed_idle = closed, "waiting for a connection");
+                    freed.await;
+                }
+            }
         }
     }
 
     async fn send_h1<F, Fut>(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        target: Target<'_>,
         req: Request<Body>,
         dial: F,
     ) -> Result<Response<Incoming>, SendError>
@@ -106,45 +194,61 @@ impl Pool {
         F: FnOnce() -> Fut,
         Fut: Future<Output = io::Result<UpstreamIo>>,
     {
-        let mut sender = loop {
-            let candidate = lock(&self.h1_idle).get_mut(&addr).and_then(Vec::pop);
-            match candidate {
-                Some(s) if s.is_ready() => break s,
-                Some(_) => continue, // closed or busy: drop it
-                None => {
-                    let io = dial().await.map_err(SendError::Connect)?;
-                    let (sender, conn) = http1::handshake(TokioIo::new(io))
-                        .await
-                        .map_err(SendError::Handshake)?;
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            debug!(error = %e, %addr, "upstream http/1.1 connection ended");
-                        }
-                    });
-                    break sender;
-                }
+        let addr = target.addr;
+        let mut sender = match self.acquire(&target, || self.idle_h1(&target)).await? {
+            Acquired::Pooled(s) => s,
+            Acquired::Slot(slot) => {
+                let io = dial().await.map_err(SendError::Connect)?;
+                let (sender, conn) = http1::handshake(TokioIo::new(io))
+                    .await
+                    .map_err(SendError::Handshake)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, %addr, "upstream http/1.1 connection ended");
+                    }
+                    drop(slot);
+                });
+                sender
             }
         };
         let response = sender.send_request(req).await.map_err(SendError::Reset)?;
         // Back to the pool once the response body is done.
         let pool = Arc::downgrade(self);
+        let cluster = target.cluster.to_string();
+        let breaker = target.breaker.clone();
         tokio::spawn(async move {
             if sender.ready().await.is_ok()
                 && let Some(pool) = pool.upgrade()
             {
-                let mut idle = lock(&pool.h1_idle);
-                let list = idle.entry(addr).or_default();
-                if list.len() < MAX_IDLE_PER_ENDPOINT {
-                    list.push(sender);
+                {
+                    let mut idle = lock(&pool.h1_idle);
+                    let list = idle.entry(cluster).or_default().entry(addr).or_default();
+                    if list.len() < MAX_IDLE_PER_ENDPOINT {
+                        list.push(sender);
+                    }
                 }
+                breaker.notify_freed();
             }
         });
         Ok(response)
     }
 
+    fn shared_h2(&self, target: &Target<'_>) -> Option<http2::SendRequest<Body>> {
+        let mut h2 = lock(&self.h2);
+        let endpoints = h2.get_mut(target.cluster)?;
+        match endpoints.get(&target.addr) {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                endpoints.remove(&target.addr);
+                None
+            }
+            None => None,
+        }
+    }
+
     async fn send_h2<F, Fut>(
         &self,
-        addr: SocketAddr,
+        target: Target<'_>,
         req: Request<Body>,
         dial: F,
     ) -> Result<Response<Incoming>, SendError>
@@ -152,20 +256,10 @@ impl Pool {
         F: FnOnce() -> Fut,
         Fut: Future<Output = io::Result<UpstreamIo>>,
     {
-        let existing = {
-            let mut h2 = lock(&self.h2);
-            match h2.get(&addr) {
-                Some(s) if !s.is_closed() => Some(s.clone()),
-                Some(_) => {
-                    h2.remove(&addr);
-                    None
-                }
-                None => None,
-            }
-        };
-        let mut sender = match existing {
-            Some(s) => s,
-            None => {
+        let addr = target.addr;
+        let mut sender = match self.acquire(&target, || self.shared_h2(&target)).await? {
+            Acquired::Pooled(s) => s,
+            Acquired::Slot(slot) => {
                 let io = dial().await.map_err(SendError::Connect)?;
                 let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                     .await
@@ -174,10 +268,16 @@ impl Pool {
                     if let Err(e) = conn.await {
                         debug!(error = %e, %addr, "upstream http/2 connection ended");
                     }
+                    drop(slot);
                 });
                 // Two requests may have dialed at once: the first one stored wins the slot,
                 // the other connection serves its request and closes when idle.
-                lock(&self.h2).entry(addr).or_insert_with(|| sender.clone());
+                lock(&self.h2)
+                    .entry(target.cluster.to_string())
+                    .or_default()
+                    .entry(addr)
+                    .or_insert_with(|| sender.clone());
+                target.breaker.notify_freed();
                 sender
             }
         };
@@ -187,6 +287,15 @@ impl Pool {
 
     /// Connections currently pooled (idle HTTP/1.1 plus shared HTTP/2).
     pub fn pooled(&self) -> usize {
-        lock(&self.h1_idle).values().map(Vec::len).sum::<usize>() + lock(&self.h2).len()
+        let h1: usize = lock(&self.h1_idle)
+            .values()
+            .flat_map(HashMap::values)
+            .map(Vec::len)
+            .sum();
+        let h2: usize = lock(&self.h2).values().map(HashMap::len).sum();
+        h1 + h2
     }
 }
+
+#[cfg(test)]
+mod tests;

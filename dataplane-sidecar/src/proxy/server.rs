@@ -39,6 +39,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use super::balance::{Balancer, BalancerConfig, EndpointSpec, Outcome};
+use super::circuit::{CircuitBreaker, CircuitLimits, Overloaded};
 use super::copy::{CopyConfig, CopyError, CopyStats, copy_bidirectional};
 use super::detect::{Detector, Prefixed, Protocol};
 use super::original_dst::{OriginalDstError, original_dst};
@@ -52,7 +53,7 @@ mod http;
 mod metrics;
 
 pub use http::{MAX_REPLAY_BODY, XFCC, request_matches};
-pub use metrics::HttpMetrics;
+pub use metrics::{HttpMetrics, UpstreamCollector};
 
 /// Settings of a [`Proxy`].
 #[derive(Debug, Clone)]
@@ -280,7 +281,28 @@ pub enum ConnectionError {
     /// Reading the first bytes failed.
     #[error("protocol detection: {0}")]
     Detect(#[from] super::detect::DetectError),
+    /// The cluster's connection limit is reached (Envoy's `upstream_cx_overflow`).
+    #[error("cluster {cluster}: {source}")]
+    Overloaded {
+        /// The cluster.
+        cluster: String,
+        /// Which limit.
+        #[source]
+        source: Overloaded,
+    },
 }
+
+/// One cluster's runtime state: endpoint picking and limits. Clones share both.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Picks endpoints, ejects failing ones.
+    pub balancer: Balancer,
+    /// The cluster's circuit-breaker counters.
+    pub breaker: CircuitBreaker,
+}
+
+/// Every cluster's [`Upstream`], by name; replaced as a whole when the configuration changes.
+pub type Upstreams = Arc<ArcSwap<HashMap<String, Upstream>>>;
 
 /// Connects to `addr` from a socket marked with `mark` (`SO_MARK`, needs `CAP_NET_ADMIN`), so
 /// the pod's capture does not redirect it back to the proxy.
@@ -317,6 +339,8 @@ pub struct TunnelHandler {
     connect_timeout: Duration,
     config: ConfigReader,
     pool: Arc<Pool>,
+    /// Limits of the connections to the app (Envoy's defaults).
+    inbound_breaker: CircuitBreaker,
     metrics: ProxyMetrics,
     http_metrics: HttpMetrics,
 }
@@ -337,6 +361,7 @@ impl TunnelHandler {
             connect_timeout: settings.connect_timeout,
             config,
             pool: Arc::new(Pool::default()),
+            inbound_breaker: CircuitBreaker::default(),
             metrics,
             http_metrics,
         }
@@ -420,8 +445,9 @@ pub struct Proxy {
     settings: ProxySettings,
     config: ConfigReader,
     hbone: HboneClient,
-    /// One balancer per cluster; written only by [`Proxy::follow_endpoints`].
-    balancers: ArcSwap<HashMap<String, Balancer>>,
+    /// One balancer and circuit breaker per cluster; written only by
+    /// [`Proxy::follow_endpoints`].
+    upstreams: Upstreams,
     metrics: ProxyMetrics,
     http_metrics: HttpMetrics,
     pool: Arc<Pool>,
@@ -458,7 +484,7 @@ impl Proxy {
             settings,
             config,
             hbone,
-            balancers: ArcSwap::from_pointee(HashMap::new()),
+            upstreams: Arc::new(ArcSwap::from_pointee(HashMap::new())),
             metrics,
             http_metrics,
             pool: Arc::new(Pool::default()),
@@ -467,13 +493,23 @@ impl Proxy {
         })
     }
 
+    /// Every cluster's balancer and breaker (for metrics and `/stats`).
+    pub fn upstreams(&self) -> Upstreams {
+        self.upstreams.clone()
+    }
+
+    /// The upstream of `cluster`.
+    fn upstream(&self, cluster: &str) -> Option<Upstream> {
+        self.upstreams.load().get(cluster).cloned()
+    }
+
     /// Each cluster's balancer counters (ejections), by cluster name.
     pub fn balancer_counts(&self) -> Vec<(String, super::balance::BalancerCounts)> {
         let mut out: Vec<_> = self
-            .balancers
+            .upstreams
             .load()
             .iter()
-            .map(|(name, b)| (name.clone(), b.counts()))
+            .map(|(name, u)| (name.clone(), u.balancer.counts()))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -526,7 +562,7 @@ impl Proxy {
         loop {
             let config = rx.borrow_and_update().clone();
             if let Some(config) = config {
-                self.update_balancers(&config);
+                self.update_upstreams(&config);
             }
             if rx.changed().await.is_err() {
                 return;
@@ -534,10 +570,10 @@ impl Proxy {
         }
     }
 
-    fn update_balancers(&self, config: &SidecarConfig) {
-        let old = self.balancers.load();
+    fn update_upstreams(&self, config: &SidecarConfig) {
+        let old = self.upstreams.load();
         let mut next = HashMap::with_capacity(config.clusters().len());
-        for name in config.clusters().keys() {
+        for (name, cluster) in config.clusters() {
             let specs: Vec<EndpointSpec> = config
                 .endpoints(name)
                 .map(|eps| {
@@ -547,19 +583,22 @@ impl Proxy {
                         .collect()
                 })
                 .unwrap_or_default();
-            let balancer = old
-                .get(name)
-                .cloned()
-                .unwrap_or_else(|| Balancer::new(BalancerConfig::default()));
-            balancer.set_endpoints(&specs);
-            next.insert(name.clone(), balancer);
+            let limits = CircuitLimits::from(&cluster.circuit_breakers);
+            // Kept across updates: ejections, EWMA and slots in use carry over.
+            let upstream = old.get(name).cloned().unwrap_or_else(|| Upstream {
+                balancer: Balancer::new(BalancerConfig::default()),
+                breaker: CircuitBreaker::new(limits),
+            });
+            upstream.balancer.set_endpoints(&specs);
+            upstream.breaker.set_limits(limits);
+            next.insert(name.clone(), upstream);
         }
         debug!(
             clusters = next.len(),
             version = config.version(),
-            "balancers updated"
+            "upstreams updated"
         );
-        self.balancers.store(Arc::new(next));
+        self.upstreams.store(Arc::new(next));
     }
 
     /// Serves captured outbound connections on `listener`, once configuration is ready.
@@ -689,20 +728,25 @@ impl Proxy {
                 }
             }
         };
-        let balancer = self
-            .balancers
-            .load()
-            .get(&cluster)
-            .cloned()
+        let upstream = self
+            .upstream(&cluster)
             .ok_or_else(|| ConnectionError::NoEndpoints {
                 cluster: cluster.clone(),
             })?;
-        let mut pick =
-            balancer
-                .pick(&mut rand::rng())
-                .ok_or_else(|| ConnectionError::NoEndpoints {
+        // Held while the connection lasts.
+        let _slot =
+            upstream
+                .breaker
+                .try_connection()
+                .map_err(|source| ConnectionError::Overloaded {
                     cluster: cluster.clone(),
+                    source,
                 })?;
+        let mut pick = upstream.balancer.pick(&mut rand::rng()).ok_or_else(|| {
+            ConnectionError::NoEndpoints {
+                cluster: cluster.clone(),
+            }
+        })?;
         let addr = pick.addr();
         let transport = http::transport_of(&config, &cluster, addr);
         let stats = CopyStats::default();

@@ -53,8 +53,8 @@ use std::sync::Arc;
 
 use switchyard_model::view::{PortView, ProxyView, Scope, ServiceView};
 use switchyard_model::{
-    AppProtocol, DataplaneMode, Endpoint, Locality, Route, RouteKind, RouteMatch, SpiffeId,
-    StringMatch,
+    AppProtocol, ConnectionLimits, DataplaneMode, Endpoint, Locality, Route, RouteKind, RouteMatch,
+    SpiffeId, StringMatch,
 };
 use switchyard_protos::envoy::envoy::config::cluster::v3 as cluster;
 use switchyard_protos::envoy::envoy::config::core::v3 as core;
@@ -172,7 +172,7 @@ pub fn service_parts(view: &ServiceView, opts: &RenderOptions) -> ServiceParts {
         let cluster = Resource::new(
             TypeUrl::Cluster,
             name.as_str(),
-            &eds_cluster(&name, pv.port.protocol, &sans, opts),
+            &eds_cluster(&name, pv.port.protocol, svc.limits, &sans, opts),
         );
         parts.plaintext_clusters.push(if sans.is_empty() {
             cluster.clone()
@@ -180,7 +180,7 @@ pub fn service_parts(view: &ServiceView, opts: &RenderOptions) -> ServiceParts {
             Resource::new(
                 TypeUrl::Cluster,
                 name.as_str(),
-                &eds_cluster(&name, pv.port.protocol, &[], opts),
+                &eds_cluster(&name, pv.port.protocol, svc.limits, &[], opts),
             )
         });
         let cla = Resource::new(
@@ -192,7 +192,7 @@ pub fn service_parts(view: &ServiceView, opts: &RenderOptions) -> ServiceParts {
             parts.hbone_clusters.push(cluster.clone());
             parts.hbone_load_assignments.push(cla.clone());
         } else {
-            let mut hbone_cluster = eds_cluster(&name, pv.port.protocol, &[], opts);
+            let mut hbone_cluster = eds_cluster(&name, pv.port.protocol, svc.limits, &[], opts);
             hbone_cluster.transport_socket = Some(hbone::internal_upstream());
             parts.hbone_clusters.push(Resource::new(
                 TypeUrl::Cluster,
@@ -589,13 +589,35 @@ fn http2_options() -> std::collections::HashMap<String, wkt::Any> {
     )])
 }
 
+/// The service's connection limits as the cluster's default-priority thresholds; `None`
+/// when none is set (the proxy's defaults apply).
+fn circuit_breakers(limits: ConnectionLimits) -> Option<cluster::CircuitBreakers> {
+    if limits.is_empty() {
+        return None;
+    }
+    let value = |v: Option<u32>| v.map(|value| wkt::UInt32Value { value });
+    Some(cluster::CircuitBreakers {
+        thresholds: vec![cluster::circuit_breakers::Thresholds {
+            priority: core::RoutingPriority::Default as i32,
+            max_connections: value(limits.max_connections),
+            max_pending_requests: value(limits.max_pending_requests),
+            max_requests: value(limits.max_requests),
+            max_retries: value(limits.max_retries),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+}
+
 fn eds_cluster(
     name: &str,
     protocol: AppProtocol,
+    limits: ConnectionLimits,
     sans: &[&SpiffeId],
     opts: &RenderOptions,
 ) -> cluster::Cluster {
     cluster::Cluster {
+        circuit_breakers: circuit_breakers(limits),
         name: name.to_string(),
         cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
             cluster::cluster::DiscoveryType::Eds as i32,

@@ -12,6 +12,8 @@ use switchyard_model::input::*;
 use switchyard_model::proxy::ProxyMetadata;
 use switchyard_model::*;
 use switchyard_protos::TypeUrl;
+use switchyard_protos::envoy::envoy::config::cluster::v3 as cluster;
+use switchyard_protos::envoy::envoy::config::core::v3 as core;
 use switchyard_protos::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use switchyard_protos::envoy::envoy::config::listener::v3::Listener;
 use switchyard_protos::envoy::envoy::config::route::v3::{RouteConfiguration, route, route_action};
@@ -62,7 +64,16 @@ fn mesh() -> Arc<Mesh> {
         .service(
             ServiceInput::new("default", "echo-v2", ip("10.96.0.11")).port("http", 8080, 18080),
         )
-        .service(ServiceInput::new("default", "db", ip("10.96.0.20")).port("tcp", 5432, 5432));
+        .service({
+            let mut db =
+                ServiceInput::new("default", "db", ip("10.96.0.20")).port("tcp", 5432, 5432);
+            db.limits = ConnectionLimits {
+                max_connections: Some(2),
+                max_pending_requests: Some(0),
+                ..ConnectionLimits::default()
+            };
+            db
+        });
     b.pod(
         PodInput::new("default", "echo-1", ip("10.244.0.11"))
             .label("app", "echo")
@@ -398,6 +409,31 @@ fn node_agents_get_workloads_with_their_services() {
         "default/db.default.svc.cluster.local",
     );
     assert_eq!(s.ports[0].app_protocol, "tcp");
+}
+
+#[test]
+fn connection_limits_become_default_priority_thresholds() {
+    let snap = snapshot(SIDECAR);
+    let db: cluster::Cluster = decode(
+        &snap,
+        TypeUrl::Cluster,
+        "outbound|5432||db.default.svc.cluster.local",
+    );
+    let cb = db.circuit_breakers.expect("db has limits");
+    assert_eq!(cb.thresholds.len(), 1);
+    let t = &cb.thresholds[0];
+    assert_eq!(t.priority, core::RoutingPriority::Default as i32);
+    assert_eq!(t.max_connections.as_ref().map(|v| v.value), Some(2));
+    assert_eq!(t.max_pending_requests.as_ref().map(|v| v.value), Some(0));
+    // unset limits stay unset: the proxy's defaults apply
+    assert_eq!(t.max_requests, None);
+    assert_eq!(t.max_retries, None);
+    let echo: cluster::Cluster = decode(
+        &snap,
+        TypeUrl::Cluster,
+        "outbound|8080||echo.default.svc.cluster.local",
+    );
+    assert_eq!(echo.circuit_breakers, None);
 }
 
 #[test]

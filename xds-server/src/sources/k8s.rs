@@ -20,8 +20,10 @@ use switchyard_model::input::{
     PeerAuthenticationInput, PodInput, RouteInput, ServiceInput, SliceEndpoint, SlicePort,
 };
 use switchyard_model::{
-    AppProtocol, DATAPLANE_MODE_LABEL, DataplaneMode, EXPORT_TO_ANNOTATION, Locality, ObjectKey,
-    REGION_LABEL, RouteKind, ServicePort, TargetPort, Visibility, ZONE_LABEL,
+    AppProtocol, ConnectionLimits, DATAPLANE_MODE_LABEL, DataplaneMode, EXPORT_TO_ANNOTATION,
+    Locality, MAX_CONNECTIONS_ANNOTATION, MAX_PENDING_REQUESTS_ANNOTATION, MAX_REQUESTS_ANNOTATION,
+    MAX_RETRIES_ANNOTATION, ObjectKey, REGION_LABEL, RouteKind, ServicePort, TargetPort,
+    Visibility, ZONE_LABEL,
 };
 
 use super::ClusterObjects;
@@ -541,6 +543,7 @@ fn read_service(doc: &Doc<'_>, value: &serde_json::Value) -> Result<K8sObject, B
     }
 
     let visibility = export_to(svc.metadata.annotations.as_ref(), &key.namespace)?;
+    let limits = connection_limits(svc.metadata.annotations.as_ref())?;
     Ok(K8sObject::Service(ServiceInput {
         key,
         cluster_ips,
@@ -548,7 +551,36 @@ fn read_service(doc: &Doc<'_>, value: &serde_json::Value) -> Result<K8sObject, B
         // An empty selector selects nothing in Kubernetes (no endpoints are managed).
         selector: spec.selector.filter(|s| !s.is_empty()),
         visibility,
+        limits,
     }))
+}
+
+/// Reads the circuit-breaker annotations (`switchyard.io/max-connections`,
+/// `-pending-requests`, `-requests`, `-retries`): each a whole number of at least 1, except
+/// `max-pending-requests` and `max-retries`, which may be 0 (no queueing, no retries).
+fn connection_limits(
+    annotations: Option<&BTreeMap<String, String>>,
+) -> Result<ConnectionLimits, Bad> {
+    let read = |name: &str, min: u32| -> Result<Option<u32>, Bad> {
+        let Some(value) = annotations.and_then(|a| a.get(name)) else {
+            return Ok(None);
+        };
+        match value.trim().parse::<u32>() {
+            Ok(n) if n >= min => Ok(Some(n)),
+            _ => Err(bad(
+                FieldPath::at("metadata.annotations").key(name),
+                format!(
+                    "invalid value {value:?}: expected a whole number from {min} to 4294967295"
+                ),
+            )),
+        }
+    };
+    Ok(ConnectionLimits {
+        max_connections: read(MAX_CONNECTIONS_ANNOTATION, 1)?,
+        max_pending_requests: read(MAX_PENDING_REQUESTS_ANNOTATION, 0)?,
+        max_requests: read(MAX_REQUESTS_ANNOTATION, 1)?,
+        max_retries: read(MAX_RETRIES_ANNOTATION, 0)?,
+    })
 }
 
 /// Reads the `switchyard.io/export-to` annotation: `*` (everyone, the default), `.` (own

@@ -35,9 +35,11 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::super::balance::Outcome;
+use super::super::circuit::{CircuitGuard, OVERLOADED_HEADER, Overloaded};
+use super::super::pool::Target;
 use super::super::pool::{Body, BoxError, Proto, SendError, UpstreamIo};
 use super::super::retry::{self, AttemptOutcome, RetryConditions, RetryDecision};
-use super::{ConnectionError, Proxy, TunnelHandler, connect_marked};
+use super::{ConnectionError, Proxy, TunnelHandler, Upstream, connect_marked};
 use crate::config::rbac::{RbacInput, RbacLayer, RequestAttributes, evaluate};
 use crate::config::route::{self, Forward, RouteAction, RouteMatch};
 use crate::config::{Outbound, SidecarConfig, Transport};
@@ -70,6 +72,28 @@ fn local(status: StatusCode, text: impl Into<String>) -> Response<Body> {
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r
+}
+
+/// The `503` for a refused circuit-breaker slot, naming the limit in [`OVERLOADED_HEADER`].
+fn overloaded(cluster: &str, o: &Overloaded) -> Response<Body> {
+    let mut r = local(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("upstream overflow ({cluster}): {o}"),
+    );
+    r.headers_mut().insert(
+        OVERLOADED_HEADER,
+        HeaderValue::from_static(o.resource.as_str()),
+    );
+    r
+}
+
+/// `body`, keeping `guard` alive until the body is done or dropped.
+fn holding<G: Send + Sync + 'static>(body: Body, guard: G) -> Body {
+    body.map_frame(move |frame| {
+        let _ = &guard;
+        frame
+    })
+    .boxed()
 }
 
 fn empty() -> Body {
@@ -276,6 +300,7 @@ impl AttemptError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("upstream connect error: {e}"),
             ),
+            AttemptError::Send(SendError::Overloaded(o)) => overloaded(cluster, o),
             AttemptError::Send(e) => local(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             AttemptError::Timeout => local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
         }
@@ -459,6 +484,16 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Served {
         let cluster = f.backends.pick(rand::rng().random()).to_string();
+        let state = self.upstream(&cluster);
+        // Held until the response body is done.
+        let request_slot = match state.as_ref().map(|u| u.breaker.try_request()) {
+            Some(Err(o)) => {
+                debug!(%cluster, limit = o.limit, "request refused: max requests");
+                return Served::local(overloaded(&cluster, &o), "-");
+            }
+            Some(Ok(slot)) => Some(slot),
+            None => None,
+        };
         let proto = proto_of(req.version());
         let policy = f.retry.as_ref().map(|p| (retry_policy(p), p));
         let deadline = f.timeout.map(|t| Instant::now() + t);
@@ -482,6 +517,8 @@ impl Proxy {
             _ => None,
         };
         let mut retries = 0u32;
+        // Held by the attempt a retry sends.
+        let mut retry_slot: Option<CircuitGuard> = None;
         // Endpoints tried so far: a retry goes elsewhere when it can (`previous_hosts`).
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
@@ -512,6 +549,7 @@ impl Proxy {
                 .attempt(
                     config,
                     &cluster,
+                    state.as_ref(),
                     proto,
                     upstream_req,
                     attempt_deadline,
@@ -532,11 +570,22 @@ impl Proxy {
             };
             let route_timed_out = deadline.is_some_and(|d| Instant::now() >= d);
             let may_replay = replay.is_some() || length == Some(0);
+            // An overflow is not retried (as Envoy): the retry would overflow too.
+            let overflowed = matches!(result, Err(AttemptError::Send(SendError::Overloaded(_))));
             if let Some((p, route_policy)) = &policy
                 && may_replay
                 && !route_timed_out
+                && !overflowed
                 && p.decide(&outcome, retries, &self.retry_budget) == RetryDecision::Retry
+                && let Some(slot) = state.as_ref().and_then(|u| match u.breaker.try_retry() {
+                    Ok(slot) => Some(slot),
+                    Err(o) => {
+                        debug!(%cluster, limit = o.limit, "retry refused: max retries");
+                        None
+                    }
+                })
             {
+                retry_slot = Some(slot);
                 retries += 1;
                 self.http_metrics.retries.inc();
                 let wait = retry::backoff(
@@ -549,9 +598,13 @@ impl Proxy {
                 tokio::time::sleep(wait).await;
                 continue;
             }
+            drop(retry_slot);
             return match result {
                 Ok(r) => Served {
-                    response: r.map(incoming),
+                    response: r.map(|b| match request_slot {
+                        Some(slot) => holding(incoming(b), slot),
+                        None => incoming(b),
+                    }),
                     route: String::new(),
                     upstream,
                     peer_identity: identity,
@@ -567,10 +620,12 @@ impl Proxy {
     }
 
     /// One attempt: pick an endpoint of `cluster`, send, record how it went.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         config: &SidecarConfig,
         cluster: &str,
+        upstream: Option<&Upstream>,
         proto: Proto,
         req: Request<Body>,
         deadline: Option<Instant>,
@@ -580,10 +635,10 @@ impl Proxy {
         Option<SocketAddr>,
         Option<String>,
     ) {
-        let Some(balancer) = self.balancers.load().get(cluster).cloned() else {
+        let Some(upstream) = upstream else {
             return (Err(AttemptError::NoEndpoints), None, None);
         };
-        let Some(mut pick) = balancer.pick_avoiding(&mut rand::rng(), avoid) else {
+        let Some(mut pick) = upstream.balancer.pick_avoiding(&mut rand::rng(), avoid) else {
             return (Err(AttemptError::NoEndpoints), None, None);
         };
         let addr = pick.addr();
@@ -592,9 +647,14 @@ impl Proxy {
             .as_ref()
             .and_then(|t| t.identity())
             .map(|i| i.to_string());
+        let target = Target {
+            cluster,
+            addr,
+            breaker: &upstream.breaker,
+        };
         let send = self
             .pool
-            .send(addr, proto, req, || self.dial(addr, transport.clone()));
+            .send(target, proto, req, || self.dial(addr, transport.clone()));
         let result = match deadline {
             Some(d) => tokio::time::timeout_at(d, send).await.ok(),
             None => Some(send.await),
@@ -616,6 +676,8 @@ impl Proxy {
                 pick.record(Outcome::ConnectFailure);
                 Err(AttemptError::Send(e))
             }
+            // Nothing was sent: says nothing about the endpoint.
+            Some(Err(e @ SendError::Overloaded(_))) => Err(AttemptError::Send(e)),
             Some(Err(e)) => {
                 pick.record(Outcome::ServerError);
                 Err(AttemptError::Send(e))
@@ -805,15 +867,21 @@ impl TunnelHandler {
             incoming(body),
         );
         let (mark, timeout) = (self.mark, self.connect_timeout);
+        let into = Target {
+            cluster: "inbound",
+            addr: target,
+            breaker: &self.inbound_breaker,
+        };
         let result = self
             .pool
-            .send(target, proto, upstream, || async move {
+            .send(into, proto, upstream, || async move {
                 let s = connect_marked(target, mark, timeout).await?;
                 Ok(Box::new(s) as UpstreamIo)
             })
             .await;
         let response = match result {
             Ok(r) => r.map(incoming),
+            Err(SendError::Overloaded(o)) => overloaded("inbound", &o),
             Err(e) => local(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         };
         let status = response.status().as_u16();

@@ -1,12 +1,17 @@
 //! Request metrics of the HTTP data path: requests by direction, route, status code and
-//! peer identity, latency histograms by direction, retries.
+//! peer identity, latency histograms by direction, retries; and per-cluster counters read at
+//! scrape time ([`UpstreamCollector`]): outlier ejections, circuit-breaker overflows and
+//! slots in use.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -109,9 +114,140 @@ impl HttpMetrics {
     }
 }
 
+/// Labels of a per-cluster count.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: String,
+}
+
+/// Labels of a per-cluster, per-limit count.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabels {
+    cluster: String,
+    /// `max-connections`, `max-pending-requests`, `max-requests` or `max-retries`.
+    resource: String,
+}
+
+/// Reads every cluster's balancer and circuit breaker at scrape time:
+/// `switchyard_sidecar_outlier_ejections_total{cluster}`,
+/// `switchyard_sidecar_upstream_overflow_total{cluster,resource}` (slots refused: Envoy's
+/// `upstream_cx_overflow`, `upstream_rq_pending_overflow`, ...) and
+/// `switchyard_sidecar_upstream_active{cluster,resource}` (slots in use).
+#[derive(Debug)]
+pub struct UpstreamCollector {
+    upstreams: super::Upstreams,
+}
+
+impl UpstreamCollector {
+    /// A collector over `upstreams`.
+    pub fn new(upstreams: super::Upstreams) -> Self {
+        UpstreamCollector { upstreams }
+    }
+}
+
+impl Collector for UpstreamCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let upstreams = self.upstreams.load();
+        let mut clusters: Vec<_> = upstreams.iter().collect();
+        clusters.sort_by(|a, b| a.0.cmp(b.0));
+        let snapshots: Vec<_> = clusters
+            .iter()
+            .map(|(name, u)| (name.as_str(), u.breaker.snapshot()))
+            .collect();
+
+        let mut family = encoder.encode_descriptor(
+            "switchyard_sidecar_outlier_ejections",
+            "endpoints ejected by passive outlier detection, by cluster",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (name, u) in &clusters {
+            let labels = ClusterLabels {
+                cluster: name.to_string(),
+            };
+            ConstCounter::new(u.balancer.counts().ejections)
+                .encode(family.encode_family(&labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "switchyard_sidecar_upstream_overflow",
+            "requests or connections refused by a cluster's circuit breaker, by limit",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (name, snap) in &snapshots {
+            for (resource, counts) in snap.each() {
+                let labels = LimitLabels {
+                    cluster: name.to_string(),
+                    resource: resource.as_str().to_string(),
+                };
+                ConstCounter::new(counts.refused).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "switchyard_sidecar_upstream_active",
+            "circuit-breaker slots in use, by cluster and limit",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (name, snap) in &snapshots {
+            for (resource, counts) in snap.each() {
+                let labels = LimitLabels {
+                    cluster: name.to_string(),
+                    resource: resource.as_str().to_string(),
+                };
+                ConstGauge::new(i64::from(counts.active)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_collector_reads_ejections_overflows_and_slots_at_scrape_time() {
+        use crate::proxy::balance::{Balancer, BalancerConfig};
+        use crate::proxy::circuit::{CircuitBreaker, CircuitLimits};
+        let breaker = CircuitBreaker::new(CircuitLimits {
+            max_requests: 1,
+            ..CircuitLimits::default()
+        });
+        let upstreams: super::super::Upstreams = std::sync::Arc::new(
+            arc_swap::ArcSwap::from_pointee(std::collections::HashMap::from([(
+                "outbound|80||web".to_string(),
+                super::super::Upstream {
+                    balancer: Balancer::new(BalancerConfig::default()),
+                    breaker: breaker.clone(),
+                },
+            )])),
+        );
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(UpstreamCollector::new(upstreams)));
+        let scrape = || {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &registry).unwrap_or_default();
+            out
+        };
+        let held = breaker.try_request().unwrap();
+        assert!(breaker.try_request().is_err());
+        let out = scrape();
+        for line in [
+            "switchyard_sidecar_outlier_ejections_total{cluster=\"outbound|80||web\"} 0",
+            "switchyard_sidecar_upstream_overflow_total{cluster=\"outbound|80||web\",resource=\"max-requests\"} 1",
+            "switchyard_sidecar_upstream_overflow_total{cluster=\"outbound|80||web\",resource=\"max-connections\"} 0",
+            "switchyard_sidecar_upstream_active{cluster=\"outbound|80||web\",resource=\"max-requests\"} 1",
+        ] {
+            assert!(out.contains(line), "{line} missing from\n{out}");
+        }
+        drop(held);
+        assert!(scrape().contains(
+            "switchyard_sidecar_upstream_active{cluster=\"outbound|80||web\",resource=\"max-requests\"} 0"
+        ));
+    }
 
     #[test]
     fn requests_are_counted_by_route_code_and_peer() {

@@ -7,9 +7,9 @@ use switchyard_model::input::{
     SliceEndpoint, SlicePort,
 };
 use switchyard_model::{
-    AppProtocol, DataplaneMode, HeaderMatch, Locality, MeshConfig, MtlsMode, ObjectKey,
-    PolicyAction, PolicyOperation, PolicyRule, PolicySource, RetryPolicy, RouteKind, RouteMatch,
-    ServicePort, StringMatch, TargetPort, Visibility,
+    AppProtocol, ConnectionLimits, DataplaneMode, HeaderMatch, Locality, MeshConfig, MtlsMode,
+    ObjectKey, PolicyAction, PolicyOperation, PolicyRule, PolicySource, RetryPolicy, RouteKind,
+    RouteMatch, ServicePort, StringMatch, TargetPort, Visibility,
 };
 
 use super::*;
@@ -133,6 +133,7 @@ fn realistic_manifest_set_parses_into_inputs() {
                 ],
                 selector: Some(labels(&[("app", "cart")])),
                 visibility: Visibility::Namespaces(vec!["frontend".into(), "shop".into()]),
+                limits: ConnectionLimits::default(),
             },
             ServiceInput {
                 key: ObjectKey::new("shop", "cart-v2"),
@@ -153,6 +154,7 @@ fn realistic_manifest_set_parses_into_inputs() {
                 ],
                 selector: Some(labels(&[("app", "cart"), ("version", "v2")])),
                 visibility: Visibility::All,
+                limits: ConnectionLimits::default(),
             },
         ]
     );

@@ -104,6 +104,51 @@ fn service_dual_stack_and_export_to() {
 }
 
 #[test]
+fn service_connection_limit_annotations() {
+    let yaml = |annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  \
+             annotations:\n{annotations}spec:\n  clusterIP: 10.96.0.1\n"
+        )
+    };
+    let K8sObject::Service(svc) = one(&yaml(
+        "    switchyard.io/max-connections: \"10\"\n    \
+         switchyard.io/max-pending-requests: \"0\"\n    \
+         switchyard.io/max-requests: \"100\"\n    switchyard.io/max-retries: \"2\"\n",
+    )) else {
+        panic!()
+    };
+    assert_eq!(
+        svc.limits,
+        ConnectionLimits {
+            max_connections: Some(10),
+            max_pending_requests: Some(0),
+            max_requests: Some(100),
+            max_retries: Some(2),
+        }
+    );
+    let K8sObject::Service(svc) = one(&yaml("    other: x\n")) else {
+        panic!()
+    };
+    assert!(svc.limits.is_empty());
+
+    for bad in ["\"0\"", "\"-1\"", "\"ten\"", "\"4294967296\""] {
+        let e = error(&yaml(&format!(
+            "    switchyard.io/max-connections: {bad}\n"
+        )));
+        assert_eq!(
+            field(&e),
+            r#"metadata.annotations["switchyard.io/max-connections"]"#,
+            "{bad}"
+        );
+        assert!(
+            e.to_string().contains("expected a whole number from 1"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn bad_cluster_ip_names_the_list_entry() {
     let e = error(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  \
