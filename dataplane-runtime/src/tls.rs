@@ -576,6 +576,17 @@ impl IdentityStore {
         self.inner.current.load().as_ref().map(|c| c.key.clone())
     }
 
+    /// The current certificate chain as PEM (leaf first); never the key.
+    pub fn chain_pem(&self) -> Option<String> {
+        let ck = self.certificate()?;
+        let blocks: Vec<pem::Pem> = ck
+            .cert
+            .iter()
+            .map(|c| pem::Pem::new("CERTIFICATE", c.as_ref().to_vec()))
+            .collect();
+        Some(pem::encode_many(&blocks))
+    }
+
     /// Facts about the current workload certificate, if one was installed.
     pub fn info(&self) -> Option<CertInfo> {
         self.inner.current.load().as_ref().map(|c| c.info.clone())

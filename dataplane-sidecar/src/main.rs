@@ -560,7 +560,28 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         let ready_proxy = proxy.clone();
         let stats_proxy = proxy.clone();
         let stats_config = config.clone();
+        let dump_config = config.clone();
+        let dump_store = store.clone();
         axum::Router::new()
+            .route(
+                "/config_dump",
+                axum::routing::get(move |axum::extract::RawQuery(query): axum::extract::RawQuery| {
+                    // Envoy's flag: endpoints only when asked for.
+                    let include_eds = query
+                        .as_deref()
+                        .is_some_and(|q| q.split('&').any(|p| p == "include_eds" || p.starts_with("include_eds=")));
+                    let mut dump = dump_config.config_dump(include_eds);
+                    let certificate = dump_store.info().zip(dump_store.chain_pem());
+                    let secrets = switchyard_dataplane_sidecar::config::dump::secrets_section(
+                        certificate.as_ref().map(|(i, c)| (i, c.clone())),
+                        dump_store.bundle().pem(),
+                    );
+                    if let Some(configs) = dump["configs"].as_array_mut() {
+                        configs.push(secrets);
+                    }
+                    async move { axum::Json(dump) }
+                }),
+            )
             .route(
                 "/ready",
                 axum::routing::get(move || {

@@ -54,6 +54,20 @@ pub fn pool() -> &'static DescriptorPool {
 /// Decodes `bytes` as the message named by `type_url` (`type.googleapis.com/<name>` or the
 /// bare name) and returns its proto3 JSON form.
 pub fn to_json(type_url: &str, bytes: &[u8]) -> Result<serde_json::Value, JsonError> {
+    to_json_with(type_url, bytes, false)
+}
+
+/// As [`to_json`], but with the proto field names (`max_connections`), as Envoy's admin
+/// `/config_dump` prints them.
+pub fn to_json_proto_names(type_url: &str, bytes: &[u8]) -> Result<serde_json::Value, JsonError> {
+    to_json_with(type_url, bytes, true)
+}
+
+fn to_json_with(
+    type_url: &str,
+    bytes: &[u8],
+    proto_names: bool,
+) -> Result<serde_json::Value, JsonError> {
     let name = type_url.rsplit('/').next().unwrap_or(type_url);
     let desc = pool()
         .get_message_by_name(name)
@@ -62,7 +76,9 @@ pub fn to_json(type_url: &str, bytes: &[u8]) -> Result<serde_json::Value, JsonEr
         message: name.to_string(),
         source,
     })?;
-    let options = SerializeOptions::new().skip_default_fields(true);
+    let options = SerializeOptions::new()
+        .skip_default_fields(true)
+        .use_proto_field_name(proto_names);
     msg.serialize_with_options(serde_json::value::Serializer, &options)
         .map_err(|source| JsonError::Serialise {
             message: name.to_string(),

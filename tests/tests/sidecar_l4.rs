@@ -215,12 +215,20 @@ async fn limits() {
         .await
         .unwrap();
     assert_eq!(code, 200);
-    for line in [
-        "switchyard_sidecar_upstream_overflow_total{cluster=\"outbound|8080||echo.default.svc.cluster.local\",resource=\"max-requests\"} 1",
-        "switchyard_sidecar_upstream_overflow_total{cluster=\"outbound|7070||echo.default.svc.cluster.local\",resource=\"max-connections\"} 1",
-    ] {
-        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
-    }
+    let overflows = |cluster: &str, resource: &str| -> u64 {
+        let series = format!(
+            "switchyard_sidecar_upstream_overflow_total{{cluster=\"outbound|{cluster}||echo.default.svc.cluster.local\",resource=\"{resource}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
+    };
+    assert_eq!(overflows("8080", "max-requests"), 1);
+    // the wait for the slot to free may have been refused again meanwhile
+    assert!(overflows("7070", "max-connections") >= 1);
+    assert_eq!(overflows("7070", "max-requests"), 0);
     let (_, stats) = http(client.admin, "GET", "/stats").await.unwrap();
     assert!(
         stats.contains("circuit outbound|8080||echo.default.svc.cluster.local:"),
@@ -305,6 +313,49 @@ async fn run() {
         metrics.contains("switchyard_sidecar_outbound_hbone_total 2"),
         "{metrics}"
     );
+
+    // /config_dump: what the proxy accepted, in Envoy's layout, secrets without the key
+    let (code, dump) = http(client.admin, "GET", "/config_dump?include_eds")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{dump}");
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let section = |ty: &str| {
+        dump["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["@type"] == format!("type.googleapis.com/envoy.admin.v3.{ty}"))
+            .unwrap_or_else(|| panic!("{ty} missing: {dump}"))
+            .clone()
+    };
+    let clusters = section("ClustersConfigDump");
+    assert!(
+        clusters["dynamic_active_clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(
+                |c| c["cluster"]["name"] == "outbound|8080||echo.default.svc.cluster.local"
+                    && c["cluster"]["type"] == "EDS"
+                    && !c["version_info"].as_str().unwrap_or("").is_empty()
+            ),
+        "{clusters}"
+    );
+    let listeners = section("ListenersConfigDump");
+    assert!(
+        !listeners["dynamic_listeners"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{listeners}"
+    );
+    let endpoints = section("EndpointsConfigDump");
+    assert!(endpoints.to_string().contains(SERVER_IP), "{endpoints}");
+    let secrets = section("SecretsConfigDump").to_string();
+    assert!(secrets.contains("BEGIN CERTIFICATE"), "{secrets}");
+    assert!(secrets.contains("[redacted]"), "{secrets}");
+    assert!(!secrets.contains("PRIVATE KEY"), "{secrets}");
 
     // SIGTERM drains: a request in flight completes, /ready turns 503 at once, new
     // connections are no longer accepted, and the proxy exits cleanly within its grace.

@@ -35,7 +35,7 @@ use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::snapshot::{Inconsistency, Resources, SidecarConfig};
-use super::{ConvertError, Converted, convert_resource};
+use super::{ConvertError, Converted, RawStore, convert_resource};
 
 /// Most conversion errors quoted in one NACK message.
 const NACK_ERRORS: usize = 5;
@@ -90,6 +90,7 @@ pub struct FollowStatus {
 pub struct ConfigReader {
     config: watch::Receiver<Option<Arc<SidecarConfig>>>,
     status: watch::Receiver<FollowStatus>,
+    raw: RawStore,
 }
 
 impl ConfigReader {
@@ -99,7 +100,13 @@ impl ConfigReader {
         ConfigReader {
             config: watch::channel(config).1,
             status: watch::channel(FollowStatus::default()).1,
+            raw: RawStore::default(),
         }
+    }
+
+    /// Envoy's `/config_dump` of the resources as received (see [`RawStore::dump`]).
+    pub fn config_dump(&self, include_eds: bool) -> serde_json::Value {
+        self.raw.dump(&self.status(), include_eds)
     }
 
     /// The current snapshot; `None` before the first one.
@@ -142,6 +149,8 @@ pub struct Follower {
     options: FollowerOptions,
     config: watch::Sender<Option<Arc<SidecarConfig>>>,
     status: watch::Sender<FollowStatus>,
+    /// The wire form of what was accepted, for `/config_dump`.
+    raw: RawStore,
     version: u64,
     /// Problems of the published snapshot (a snapshot with only these publishes at once).
     accepted: BTreeSet<Inconsistency>,
@@ -172,6 +181,7 @@ impl Follower {
     pub fn new(channel: Channel, node: Node, options: FollowerOptions) -> (Follower, ConfigReader) {
         let (config, config_rx) = watch::channel(None);
         let (status, status_rx) = watch::channel(FollowStatus::default());
+        let raw = RawStore::default();
         (
             Follower {
                 channel,
@@ -179,6 +189,7 @@ impl Follower {
                 options,
                 config,
                 status,
+                raw: raw.clone(),
                 version: 0,
                 accepted: BTreeSet::new(),
                 kept: None,
@@ -186,6 +197,7 @@ impl Follower {
             ConfigReader {
                 config: config_rx,
                 status: status_rx,
+                raw,
             },
         )
     }
@@ -297,13 +309,18 @@ impl Follower {
             match convert_resource(t, &r.name, &r.resource) {
                 Ok(c) => {
                     held.insert(r.name.clone(), r.version.clone());
+                    self.raw.accept(t, &r.name, &r.version, &r.resource.value);
                     converted.push((r.name.clone(), c));
                 }
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    self.raw.reject(t, &r.name, &r.version, &e.to_string());
+                    errors.push(e);
+                }
             }
         }
         for n in &resp.removed {
             held.remove(n);
+            self.raw.remove(t, n);
         }
         st.dirty |= apply(&mut st.resources, t, converted, &resp.removed);
         st.received.insert(t.short_name());

@@ -27,6 +27,7 @@ use switchyard_protos::envoy::envoy::config::route::v3 as rds;
 use switchyard_protos::{TypeUrl, wkt};
 
 pub mod cluster;
+pub mod dump;
 pub mod endpoint;
 mod error;
 #[cfg(test)]
@@ -41,6 +42,7 @@ pub mod snapshot;
 pub mod tls;
 
 pub use cluster::Cluster;
+pub use dump::RawStore;
 pub use endpoint::{Endpoint, Endpoints, LoadAssignment, Transport};
 pub use error::ConvertError;
 pub use follow::{ConfigReader, FollowStatus, Follower, FollowerOptions};
