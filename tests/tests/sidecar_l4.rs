@@ -293,6 +293,18 @@ async fn run() {
         assert!(stats.contains(proxied_as), "{stats}\n{}", client.log());
     }
 
+    // Five HTTP/1.1 requests at once, each on its own client connection: they share the
+    // one tunnel the first HTTP request opened (HTTP/2 inside it), and the app still sees
+    // HTTP/1.1.
+    let vip: SocketAddr = format!("{VIP}:8080").parse().unwrap();
+    let answers: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(get_path_via_vip(vip, "/slow?delay_ms=300")))
+        .collect();
+    for a in answers {
+        let a = a.await.unwrap().unwrap();
+        assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+        assert!(a.contains("\"protocol\":\"HTTP/1.1\""), "{a}");
+    }
     let (_, client_stats) = http(client.admin, "GET", "/stats").await.unwrap();
     assert!(client_stats.contains("outbound_hbone: 2"), "{client_stats}");
     assert!(

@@ -82,7 +82,8 @@ pub enum UpstreamProtocol {
     UseDownstream,
 }
 
-/// Circuit-breaker thresholds of the default priority (Envoy's defaults when not set).
+/// Circuit-breaker thresholds of the default priority (Envoy's defaults when not set, but
+/// for `max_retries`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CircuitBreakers {
     /// Connections to the cluster.
@@ -91,7 +92,9 @@ pub struct CircuitBreakers {
     pub max_pending_requests: u32,
     /// Requests in flight.
     pub max_requests: u32,
-    /// Retries in flight.
+    /// Retries in flight. Unset: unlimited, because the sidecar always bounds retries with
+    /// its retry budget, and Envoy ignores `max_retries` when a budget is in use (Envoy's
+    /// own default without a budget is 3).
     pub max_retries: u32,
     /// Retry budget, which replaces `max_retries` when set.
     pub retry_budget: Option<RetryBudget>,
@@ -103,7 +106,7 @@ impl Default for CircuitBreakers {
             max_connections: 1024,
             max_pending_requests: 1024,
             max_requests: 1024,
-            max_retries: 3,
+            max_retries: u32::MAX,
             retry_budget: None,
         }
     }

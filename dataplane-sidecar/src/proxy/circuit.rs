@@ -75,14 +75,11 @@ pub struct CircuitLimits {
 }
 
 impl Default for CircuitLimits {
-    /// Envoy's defaults: 1024, 1024, 1024 and 3.
+    /// The cluster defaults ([`CircuitBreakers`](crate::config::cluster::CircuitBreakers)):
+    /// Envoy's 1024 connections, pending and active requests; retries bounded by the retry
+    /// budget only.
     fn default() -> Self {
-        Self {
-            max_connections: 1024,
-            max_pending_requests: 1024,
-            max_requests: 1024,
-            max_retries: 3,
-        }
+        Self::from(&crate::config::cluster::CircuitBreakers::default())
     }
 }
 

@@ -40,6 +40,7 @@ use super::super::pool::Target;
 use super::super::pool::{Body, BoxError, Proto, SendError, UpstreamIo};
 use super::super::retry::{self, AttemptOutcome, RetryConditions, RetryDecision};
 use super::{ConnectionError, Proxy, TunnelHandler, Upstream, connect_marked};
+use crate::config::cluster::UpstreamProtocol;
 use crate::config::rbac::{RbacInput, RbacLayer, RequestAttributes, evaluate};
 use crate::config::route::{self, Forward, RouteAction, RouteMatch};
 use crate::config::{Outbound, SidecarConfig, Transport};
@@ -223,6 +224,8 @@ fn upstream_request(
     *req.method_mut() = method.clone();
     *req.headers_mut() = headers.clone();
     strip_hop_by_hop(req.headers_mut());
+    // Only a proxy sets it, on the request it upgraded.
+    req.headers_mut().remove(ORIG_PROTO);
     match proto {
         Proto::Http1 => {
             *req.version_mut() = Version::HTTP_11;
@@ -246,6 +249,46 @@ fn upstream_request(
                 .unwrap_or_else(|_| Uri::from_static("/"));
         }
     }
+    req
+}
+
+/// Header on a request the client proxy carried as HTTP/2 through the tunnel although its
+/// client spoke HTTP/1.1 (value `HTTP/1.1`): the server proxy removes it and speaks
+/// HTTP/1.1 to the app, so the app sees the protocol the client used.
+pub const ORIG_PROTO: &str = "switchyard-orig-proto";
+
+/// `req` (built for HTTP/1.1) for HTTP/2 in a tunnel: `Host` becomes the `:authority` of an
+/// absolute URI, `te` goes unless it is `trailers` (HTTP/2 allows nothing else), and
+/// [`ORIG_PROTO`] says it was HTTP/1.1.
+fn into_http2(mut req: Request<Body>) -> Request<Body> {
+    if req.version() == Version::HTTP_2 {
+        return req;
+    }
+    req.headers_mut()
+        .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+    let host = req
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_string));
+    if req
+        .headers()
+        .get(header::TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        req.headers_mut().remove(header::TE);
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    *req.version_mut() = Version::HTTP_2;
+    *req.uri_mut() = Uri::builder()
+        .scheme("http")
+        .authority(host.as_deref().unwrap_or("localhost"))
+        .path_and_query(path)
+        .build()
+        .unwrap_or_else(|_| Uri::from_static("/"));
     req
 }
 
@@ -652,6 +695,12 @@ impl Proxy {
             addr,
             breaker: &upstream.breaker,
         };
+        // To a mesh endpoint, HTTP/2 inside the tunnel whatever the app speaks: one tunnel
+        // per endpoint carries every request; the server's proxy speaks the app's protocol.
+        let (proto, req) = match transport {
+            Some(Transport::Hbone(_)) => (Proto::Http2, into_http2(req)),
+            _ => (proto, req),
+        };
         let send = self
             .pool
             .send(target, proto, req, || self.dial(addr, transport.clone()));
@@ -796,6 +845,31 @@ impl TunnelHandler {
         }
     }
 
+    /// The protocol to speak to the app on `port`: HTTP/2 when its inbound cluster says so
+    /// (gRPC and `http2` ports), else what the original client spoke: HTTP/1.1 for a request
+    /// the client proxy upgraded for the tunnel ([`ORIG_PROTO`]), the request's own version
+    /// otherwise.
+    fn app_proto(&self, port: u16, req: &Request<Incoming>) -> Proto {
+        let http2_app = self.config.current().is_some_and(|config| {
+            config
+                .inbound(port)
+                .and_then(|p| p.cluster.as_deref())
+                .and_then(|name| config.cluster(name))
+                .is_some_and(|c| c.protocol == UpstreamProtocol::Http2)
+        });
+        if http2_app {
+            Proto::Http2
+        } else if req
+            .headers()
+            .get(ORIG_PROTO)
+            .is_some_and(|v| v == "HTTP/1.1")
+        {
+            Proto::Http1
+        } else {
+            proto_of(req.version())
+        }
+    }
+
     async fn inbound_request(
         &self,
         peer: &Caller,
@@ -848,7 +922,7 @@ impl TunnelHandler {
             );
             return local(StatusCode::FORBIDDEN, "RBAC: access denied");
         }
-        let proto = proto_of(req.version());
+        let proto = self.app_proto(target.port(), &req);
         let host = host_of(&req);
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers.clone();
