@@ -20,6 +20,9 @@ use super::tls::UpstreamMtls;
 
 /// Metadata namespace whose fields select a cluster's transport socket match.
 pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+/// Typed endpoint metadata key holding the endpoint's SPIFFE ID (a packed
+/// `google.protobuf.StringValue`).
+pub const IDENTITY_METADATA: &str = "switchyard.io/identity";
 
 /// Envoy's default overprovisioning factor (percent).
 pub const DEFAULT_OVERPROVISIONING: u32 = 140;
@@ -64,9 +67,8 @@ impl Transport {
         matches!(self, Transport::Hbone(_))
     }
 
-    /// The endpoint's identity when the cluster's matcher names exactly one (the cluster's
-    /// SAN list covers every mTLS endpoint of the service, so one identity per endpoint is
-    /// known only when they all share it).
+    /// The endpoint's identity: the one it announced in its metadata, or the cluster's when
+    /// the cluster's matcher names exactly one.
     pub fn identity(&self) -> Option<&SpiffeId> {
         match self {
             Transport::Hbone(m) => match m.identities.as_slice() {
@@ -92,6 +94,8 @@ pub struct Endpoint {
     /// The endpoint's `envoy.transport_socket_match` metadata (string fields), which selects
     /// the cluster's transport socket.
     pub socket_match: Arc<BTreeMap<String, String>>,
+    /// The endpoint's own SPIFFE ID ([`IDENTITY_METADATA`]), if sent.
+    pub identity: Option<SpiffeId>,
     /// How to reach it: resolved against the cluster in a snapshot; [`Transport::Plaintext`]
     /// in a bare [`LoadAssignment`].
     pub transport: Transport,
@@ -149,7 +153,20 @@ impl LoadAssignment {
         for l in &mut out.localities {
             for e in &mut l.endpoints {
                 e.transport = match cluster.mtls_for(&e.socket_match) {
-                    Some(m) => Transport::Hbone(m.clone()),
+                    // The endpoint's own identity, when the cluster allows it: only that
+                    // peer may answer for this endpoint.
+                    Some(m) => match &e.identity {
+                        Some(id)
+                            if m.identities.as_slice() != [id.clone()]
+                                && (m.identities.is_empty() || m.identities.contains(id)) =>
+                        {
+                            Transport::Hbone(Arc::new(UpstreamMtls {
+                                identities: vec![id.clone()],
+                                alpn: m.alpn.clone(),
+                            }))
+                        }
+                        _ => Transport::Hbone(m.clone()),
+                    },
                     None => Transport::Plaintext,
                 };
             }
@@ -239,9 +256,12 @@ fn lb_endpoint(mut e: pb::LbEndpoint) -> Result<Endpoint, FieldError> {
         }
         Some(w) => w.value,
     };
-    let socket_match = match e.metadata.take() {
-        Some(md) => socket_match(&md).at("metadata")?,
-        None => BTreeMap::new(),
+    let (socket_match, identity) = match e.metadata.take() {
+        Some(md) => (
+            socket_match(&md).at("metadata")?,
+            endpoint_identity(&md).at("metadata")?,
+        ),
+        None => (BTreeMap::new(), None),
     };
     let (address, hostname) = match e.host_identifier.take() {
         Some(pb::lb_endpoint::HostIdentifier::Endpoint(mut ep)) => {
@@ -271,8 +291,29 @@ fn lb_endpoint(mut e: pb::LbEndpoint) -> Result<Endpoint, FieldError> {
         health,
         hostname,
         socket_match: Arc::new(socket_match),
+        identity,
         transport: Transport::Plaintext,
     })
+}
+
+/// The SPIFFE ID under [`IDENTITY_METADATA`]; other typed metadata is ignored.
+fn endpoint_identity(md: &core::Metadata) -> Result<Option<SpiffeId>, FieldError> {
+    let Some(any) = md.typed_filter_metadata.get(IDENTITY_METADATA) else {
+        return Ok(None);
+    };
+    let field = format!("typed_filter_metadata[{IDENTITY_METADATA:?}]");
+    if any.type_url != "type.googleapis.com/google.protobuf.StringValue" {
+        return Err(FieldError::unsupported(
+            field,
+            format!("{} (expected a StringValue)", any.type_url),
+        ));
+    }
+    let s = <wkt::StringValue as prost::Message>::decode(any.value.as_slice())
+        .map_err(|e| FieldError::invalid(field.clone(), format!("bad StringValue: {e}")))?
+        .value;
+    s.parse::<SpiffeId>()
+        .map(Some)
+        .map_err(|e| FieldError::invalid(field, format!("{s:?} is not a SPIFFE ID: {e}")))
 }
 
 /// The string fields under `envoy.transport_socket_match`; other metadata is ignored.

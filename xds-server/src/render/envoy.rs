@@ -681,7 +681,7 @@ fn static_cluster(
         load_assignment: Some(endpoint::ClusterLoadAssignment {
             cluster_name: name.to_string(),
             endpoints: vec![endpoint::LocalityLbEndpoints {
-                lb_endpoints: vec![lb_endpoint(ip, port, true, false)],
+                lb_endpoints: vec![lb_endpoint(ip, port, true, None)],
                 ..Default::default()
             }],
             ..Default::default()
@@ -725,14 +725,32 @@ fn health_status(healthy: bool) -> i32 {
     }
 }
 
-fn lb_endpoint(ip: IpAddr, port: u16, healthy: bool, mtls: bool) -> endpoint::LbEndpoint {
+/// EDS endpoint typed metadata key of the endpoint's SPIFFE ID (mTLS endpoints), a packed
+/// `google.protobuf.StringValue`, so a client proxy can expect exactly that identity rather
+/// than any of the service's. Typed metadata, not a second `filter_metadata` key: protobuf
+/// maps encode in hash order, and a one-key map keeps the content-hash version stable.
+pub const ENDPOINT_IDENTITY_METADATA: &str = "switchyard.io/identity";
+
+/// An endpoint; `identity` (mTLS endpoints) selects the cluster's mTLS socket and names the
+/// peer to expect.
+fn lb_endpoint(
+    ip: IpAddr,
+    port: u16,
+    healthy: bool,
+    identity: Option<&SpiffeId>,
+) -> endpoint::LbEndpoint {
     endpoint::LbEndpoint {
-        metadata: mtls.then(|| core::Metadata {
+        metadata: identity.map(|id| core::Metadata {
             filter_metadata: std::collections::HashMap::from([(
                 "envoy.transport_socket_match".to_string(),
                 tls_mode_struct(),
             )]),
-            ..Default::default()
+            typed_filter_metadata: std::collections::HashMap::from([(
+                ENDPOINT_IDENTITY_METADATA.to_string(),
+                pack(&wkt::StringValue {
+                    value: id.to_string(),
+                }),
+            )]),
         }),
         health_status: health_status(healthy),
         host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
@@ -779,7 +797,12 @@ fn load_assignment_for(
                             (MeshTransport::Hbone, Some(id)) if is_mtls(e) => {
                                 hbone::lb_endpoint(e.ip, e.port, id, health_status(e.healthy))
                             }
-                            _ => lb_endpoint(e.ip, e.port, e.healthy, is_mtls(e)),
+                            _ => lb_endpoint(
+                                e.ip,
+                                e.port,
+                                e.healthy,
+                                e.identity.as_ref().filter(|_| is_mtls(e)),
+                            ),
                         })
                         .collect(),
                     load_balancing_weight: Some(wkt::UInt32Value {

@@ -498,7 +498,8 @@ fn mtls_to_sidecar_endpoints_with_their_identities_and_rootca_for_every_kind() {
         sans[0].contains("spiffe://cluster.local/ns/default/sa/default"),
         "{sans:?}"
     );
-    // every endpoint is a sidecar pod: each carries the mTLS match label
+    // every endpoint is a sidecar pod: each carries the mTLS match label and its own
+    // SPIFFE ID
     let cla: switchyard_protos::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment = decode(
         &snap,
         TypeUrl::ClusterLoadAssignment,
@@ -509,6 +510,16 @@ fn mtls_to_sidecar_endpoints_with_their_identities_and_rootca_for_every_kind() {
         assert!(
             md.filter_metadata
                 .contains_key("envoy.transport_socket_match")
+        );
+        let any = &md.typed_filter_metadata[envoy::ENDPOINT_IDENTITY_METADATA];
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/google.protobuf.StringValue"
+        );
+        let identity = switchyard_protos::wkt::StringValue::decode(any.value.as_slice()).unwrap();
+        assert_eq!(
+            identity.value,
+            "spiffe://cluster.local/ns/default/sa/default"
         );
     }
     // proxyless gRPC cannot use SDS-fed Envoy TLS: its copy of the cluster is plaintext

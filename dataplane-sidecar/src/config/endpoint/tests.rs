@@ -6,6 +6,7 @@ use super::*;
 use crate::config::ConvertError;
 use crate::config::cluster;
 use crate::config::fixtures::*;
+use switchyard_dataplane_runtime::tls::Expected;
 
 const ECHO: &str = "outbound|8080||echo.default.svc.cluster.local";
 
@@ -76,6 +77,80 @@ fn transports_resolve_against_the_cluster() {
     );
     assert_eq!(eps[1].transport, Transport::Plaintext);
     assert_eq!(eps[1].transport.identity(), None);
+}
+
+/// Sets the typed identity metadata on endpoint `i` of the first locality.
+fn with_identity(
+    mut a: pb::ClusterLoadAssignment,
+    i: usize,
+    id: &str,
+) -> pb::ClusterLoadAssignment {
+    let md = a.endpoints[0].lb_endpoints[i]
+        .metadata
+        .get_or_insert_with(Default::default);
+    md.typed_filter_metadata.insert(
+        IDENTITY_METADATA.to_string(),
+        switchyard_protos::pack(&wkt::StringValue {
+            value: id.to_string(),
+        }),
+    );
+    a
+}
+
+#[test]
+fn an_endpoint_announcing_one_of_the_services_identities_must_present_exactly_that_one() {
+    let (web, api, other) = (
+        "spiffe://cluster.local/ns/default/sa/web",
+        "spiffe://cluster.local/ns/default/sa/api",
+        "spiffe://cluster.local/ns/default/sa/other",
+    );
+    let raw = cla(
+        ECHO,
+        &[(
+            "a",
+            &[
+                ("10.244.0.11", 18080, true),
+                ("10.244.0.12", 18080, true),
+                ("10.244.0.13", 18080, true),
+            ],
+        )],
+    );
+    let raw = with_identity(with_identity(raw, 0, web), 1, other);
+    let a = conv(raw).unwrap();
+    let c = cluster::convert(eds_cluster(ECHO, &[web, api])).unwrap();
+    let r = a.resolve(&c);
+    let eps: Vec<&Endpoint> = r.iter().map(|(_, e)| e).collect();
+    let expected = |e: &Endpoint| match &e.transport {
+        Transport::Hbone(m) => m.expected(),
+        Transport::Plaintext => None,
+    };
+    let id = |s: &str| s.parse::<SpiffeId>().unwrap();
+    // its own identity only
+    assert_eq!(expected(eps[0]), Some(Expected::AnyOf(vec![id(web)])));
+    assert_eq!(eps[0].transport.identity(), Some(&id(web)));
+    // an identity the cluster does not allow is ignored: the cluster's list (sorted) applies
+    assert_eq!(
+        expected(eps[1]),
+        Some(Expected::AnyOf(vec![id(api), id(web)]))
+    );
+    // none announced: the cluster's list
+    assert_eq!(
+        expected(eps[2]),
+        Some(Expected::AnyOf(vec![id(api), id(web)]))
+    );
+    assert_eq!(eps[2].transport.identity(), None);
+
+    let bad = with_identity(
+        cla(ECHO, &[("a", &[("10.244.0.11", 18080, true)])]),
+        0,
+        "web",
+    );
+    let e = conv(bad).unwrap_err();
+    assert!(
+        e.field()
+            .is_some_and(|f| f.ends_with("typed_filter_metadata[\"switchyard.io/identity\"]")),
+        "{e}"
+    );
 }
 
 #[test]
