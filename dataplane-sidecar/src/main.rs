@@ -189,6 +189,11 @@ struct ProxyArgs {
     /// connection as opaque TCP (server-first protocols wait this long), milliseconds.
     #[arg(long, default_value_t = 5000)]
     detect_timeout_ms: u64,
+    /// Carry HTTP/1.1 requests to mesh endpoints as HTTP/2 inside one tunnel per endpoint
+    /// (the server's proxy speaks HTTP/1.1 to the app again); `false`: HTTP/1.1 inside a
+    /// tunnel per upstream connection.
+    #[arg(long, env = "SWITCHYARD_HTTP2_UPGRADE", default_value_t = true, action = clap::ArgAction::Set)]
+    http2_upgrade: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -483,6 +488,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         mark: args.proxy_mark,
         connect_timeout: Duration::from_secs(5),
         copy: CopyConfig::default(),
+        http2_upgrade: args.http2_upgrade,
         own_ports: vec![
             args.outbound_address.port(),
             args.inbound_address.port(),

@@ -27,7 +27,12 @@
 //! each at a fixed rate (open loop, default 1,000 req/s) and at max rate with 64 connections.
 //! Echo has no way to ask for a body size, so the HTTP answer is padded to ~1 KB through the
 //! query string, which echo copies into its JSON answer (the request grows by as much); the
-//! answer size through each setup is measured and reported.
+//! answer size through each setup is measured and reported. The fixed-rate workloads run
+//! first (after a warm-up at the fixed rate), so memory "at 1,000 req/s" is each proxy's peak
+//! RSS before any max-rate load, split into file-backed pages (the binary's code and shared
+//! libraries, shared by every process running the same binary) and anonymous memory (its
+//! own); the peak over the whole run is reported too. CPU is `utime + stime` per 1,000
+//! requests of each workload.
 //!
 //! ```text
 //! cargo build --release --workspace --bins
@@ -325,6 +330,14 @@ impl Proc {
     /// Peak resident set size (`VmHWM`), MiB.
     fn peak_rss_mib(&self) -> f64 {
         status_kib(self.pid(), "VmHWM:") as f64 / 1024.0
+    }
+
+    /// Resident file-backed and anonymous memory now (`RssFile`, `RssAnon`), MiB.
+    fn rss_file_anon_mib(&self) -> (f64, f64) {
+        (
+            status_kib(self.pid(), "RssFile:") as f64 / 1024.0,
+            status_kib(self.pid(), "RssAnon:") as f64 / 1024.0,
+        )
     }
 }
 
@@ -748,6 +761,8 @@ struct Workload {
     max: bool,
 }
 
+/// Fixed-rate workloads first: the memory figure at 1,000 req/s is the peak before any
+/// max-rate load.
 const WORKLOADS: [Workload; 4] = [
     Workload {
         name: "http1 fixed",
@@ -755,14 +770,14 @@ const WORKLOADS: [Workload; 4] = [
         max: false,
     },
     Workload {
-        name: "http1 max",
-        grpc: false,
-        max: true,
-    },
-    Workload {
         name: "grpc fixed",
         grpc: true,
         max: false,
+    },
+    Workload {
+        name: "http1 max",
+        grpc: false,
+        max: true,
     },
     Workload {
         name: "grpc max",
@@ -810,6 +825,12 @@ impl WorkloadResult {
 struct ProxyResult {
     role: String,
     pid: u32,
+    /// Peak RSS over the fixed-rate (1,000 req/s) workloads, which run first.
+    fixed_rss_mib: f64,
+    /// Of that: file-backed pages (the binary's code, shared by every process running it)
+    /// and anonymous memory (the process's own), at the end of the fixed-rate workloads.
+    fixed_rss_file_mib: f64,
+    fixed_rss_anon_mib: f64,
     peak_rss_mib: f64,
     cpu_seconds: f64,
 }
@@ -918,16 +939,31 @@ fn run_setup(mesh: &Mesh, args: &Args, setup: Setup, pad: &str) -> anyhow::Resul
 
     if !args.warmup.is_zero() {
         step(format!(
-            "warm-up: {:?} at max rate per protocol",
+            "warm-up: {:?} at the fixed rate per protocol",
             args.warmup
         ));
         for t in [&http_target, &grpc_target] {
-            mesh.load(t, Pace::Max, args.max_connections, args.warmup)?;
+            mesh.load(
+                t,
+                Pace::Fixed(args.rate),
+                args.fixed_connections,
+                args.warmup,
+            )?;
         }
     }
 
     let mut workloads = Vec::new();
+    let mut fixed_memory: Vec<(f64, f64, f64)> = Vec::new();
     for w in WORKLOADS {
+        if w.max && fixed_memory.is_empty() {
+            fixed_memory = measured
+                .iter()
+                .map(|m| {
+                    let (file, anon) = m.process.rss_file_anon_mib();
+                    (m.process.peak_rss_mib(), file, anon)
+                })
+                .collect();
+        }
         let target = if w.grpc { &grpc_target } else { &http_target };
         let (pace, connections) = if w.max {
             (Pace::Max, args.max_connections)
@@ -972,9 +1008,18 @@ fn run_setup(mesh: &Mesh, args: &Args, setup: Setup, pad: &str) -> anyhow::Resul
     step(format!("hbone check: {checks}"));
     let proxies = measured
         .iter()
-        .map(|m| ProxyResult {
+        .zip(
+            fixed_memory
+                .iter()
+                .copied()
+                .chain(std::iter::repeat((f64::NAN, f64::NAN, f64::NAN))),
+        )
+        .map(|(m, (fixed_rss, file, anon))| ProxyResult {
             role: m.role.clone(),
             pid: m.process.pid(),
+            fixed_rss_mib: fixed_rss,
+            fixed_rss_file_mib: file,
+            fixed_rss_anon_mib: anon,
             peak_rss_mib: m.process.peak_rss_mib(),
             cpu_seconds: m.process.cpu_seconds(),
         })
@@ -1080,6 +1125,9 @@ fn to_json(args: &Args, results: &[SetupResult]) -> Value {
             "proxies": r.proxies.iter().map(|p| json!({
                 "role": p.role,
                 "pid": p.pid,
+                "rss_at_fixed_rate_mib": num(p.fixed_rss_mib),
+                "rss_file_at_fixed_rate_mib": num(p.fixed_rss_file_mib),
+                "rss_anon_at_fixed_rate_mib": num(p.fixed_rss_anon_mib),
                 "peak_rss_mib": num(p.peak_rss_mib),
                 "cpu_seconds_total": num(p.cpu_seconds),
             })).collect::<Vec<_>>(),
@@ -1125,16 +1173,26 @@ fn print_table(results: &[SetupResult]) {
         }
     }
     println!(
-        "\n{:<8} {:<18} {:>8} {:>14} {:>12}",
-        "setup", "proxy", "pid", "peak RSS MiB", "CPU s total"
+        "\n{:<8} {:<18} {:>8} {:>16} {:>16} {:>16} {:>14} {:>12}",
+        "setup",
+        "proxy",
+        "pid",
+        "RSS@1k/s MiB",
+        "(file, shared)",
+        "(anonymous)",
+        "peak RSS MiB",
+        "CPU s total"
     );
     for r in results {
         for p in &r.proxies {
             println!(
-                "{:<8} {:<18} {:>8} {:>14.1} {:>12.2}",
+                "{:<8} {:<18} {:>8} {:>16.1} {:>16.1} {:>16.1} {:>14.1} {:>12.2}",
                 r.setup.name(),
                 p.role,
                 p.pid,
+                p.fixed_rss_mib,
+                p.fixed_rss_file_mib,
+                p.fixed_rss_anon_mib,
                 p.peak_rss_mib,
                 p.cpu_seconds
             );
@@ -1209,19 +1267,27 @@ fn plot(path: &Path, args: &Args, results: &[SetupResult]) -> anyhow::Result<()>
             }
         }
     }
-    let rss: Vec<f64> = roles
-        .iter()
-        .map(|label| {
-            proxied
-                .iter()
-                .flat_map(|r| r.proxies.iter().map(move |p| (r, p)))
-                .find(|(r, p)| &format!("{} {}", r.setup.name(), p.role) == label)
-                .map(|(_, p)| p.peak_rss_mib)
-                .unwrap_or(f64::NAN)
-        })
-        .collect();
+    let memory = |f: fn(&ProxyResult) -> f64| -> Vec<f64> {
+        roles
+            .iter()
+            .map(|label| {
+                proxied
+                    .iter()
+                    .flat_map(|r| r.proxies.iter().map(move |p| (r, p)))
+                    .find(|(r, p)| &format!("{} {}", r.setup.name(), p.role) == label)
+                    .map(|(_, p)| f(p))
+                    .unwrap_or(f64::NAN)
+            })
+            .collect()
+    };
+    let rss = vec![
+        memory(|p| p.fixed_rss_mib),
+        memory(|p| p.fixed_rss_anon_mib),
+        memory(|p| p.peak_rss_mib),
+    ];
     let top = rss
         .iter()
+        .flatten()
         .copied()
         .filter(|v| v.is_finite())
         .fold(1.0, f64::max)
@@ -1229,10 +1295,14 @@ fn plot(path: &Path, args: &Args, results: &[SetupResult]) -> anyhow::Result<()>
     let labels: Vec<&str> = roles.iter().map(String::as_str).collect();
     bars(
         &panels[2],
-        "peak RSS per process (VmHWM, MiB)",
+        "RSS per process (MiB)",
         &labels,
-        &["peak RSS".to_string()],
-        &[rss],
+        &[
+            "peak at 1k req/s".to_string(),
+            "anonymous at 1k req/s".to_string(),
+            "peak overall".to_string(),
+        ],
+        &rss,
         0.0..top,
         &colors,
     )?;

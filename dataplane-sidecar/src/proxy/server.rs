@@ -70,6 +70,8 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Byte copying.
     pub copy: CopyConfig,
+    /// HTTP/1.1 to mesh endpoints goes as HTTP/2 in one tunnel per endpoint.
+    pub http2_upgrade: bool,
     /// Ports the proxy itself listens on: a connection whose original destination is one of
     /// them (on a local address) is a capture loop.
     pub own_ports: Vec<u16>,

@@ -698,7 +698,9 @@ impl Proxy {
         // To a mesh endpoint, HTTP/2 inside the tunnel whatever the app speaks: one tunnel
         // per endpoint carries every request; the server's proxy speaks the app's protocol.
         let (proto, req) = match transport {
-            Some(Transport::Hbone(_)) => (Proto::Http2, into_http2(req)),
+            Some(Transport::Hbone(_)) if self.settings.http2_upgrade => {
+                (Proto::Http2, into_http2(req))
+            }
             _ => (proto, req),
         };
         let send = self

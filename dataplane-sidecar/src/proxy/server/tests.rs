@@ -18,6 +18,7 @@ fn settings() -> ProxySettings {
         mark: crate::capture::PROXY_MARK,
         connect_timeout: Duration::from_secs(1),
         copy: CopyConfig::default(),
+        http2_upgrade: true,
         own_ports: vec![15001, 15006, 15008],
     }
 }
