@@ -11,6 +11,10 @@
 //!   `envoy-echo-1` (10.244.0.12, stock Envoy's `connect_terminate` on :15008) → its echo app
 //!   on 127.0.0.1:18081 (Envoy's inbound clusters dial localhost), with the client's SPIFFE
 //!   ID in `x-forwarded-client-cert`.
+//! * (c) authorization on Envoy's HBONE path: an ALLOW policy for the sidecar client's
+//!   identity lets its requests through; DENY rules by path and by the client's IP answer
+//!   403 per request; a DENY rule for the client's identity on a TCP port refuses the
+//!   tunnel.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
@@ -20,7 +24,7 @@ use std::time::Duration;
 use serde_json::Value;
 use switchyard_test_support::echo_process::EchoProcess;
 use switchyard_test_support::eventually::eventually;
-use switchyard_test_support::manifests::{http as http_port, namespace, pod, service};
+use switchyard_test_support::manifests::{http as http_port, namespace, pod, service, tcp};
 use switchyard_test_support::{http_get, netns};
 use switchyard_tests::sidecar::{EnvoyPod, SidecarProcess};
 use switchyard_tests::{ControlPlane, http};
@@ -82,16 +86,24 @@ fn stat_sum(stats: &str, prefix: &str, suffix: &str) -> u64 {
         .sum()
 }
 
-/// `GET /` over a plain TCP connection to `addr` (the Service VIP, captured); the raw answer.
-async fn get_via_vip(addr: SocketAddr, host: &str) -> std::io::Result<String> {
+/// `GET <path>` over a plain TCP connection to `addr` (the Service VIP, captured); the raw
+/// answer.
+async fn get_path_via_vip(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<String> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
         .await
         .map_err(|_| std::io::Error::other("no answer in 5 s"))??;
     Ok(out)
+}
+
+/// `GET /` through the captured VIP.
+async fn get_via_vip(addr: SocketAddr, host: &str) -> std::io::Result<String> {
+    get_path_via_vip(addr, host, "/").await
 }
 
 fn xfcc_uri(echo: &Value) -> Option<String> {
@@ -155,7 +167,24 @@ async fn run() {
                 "default",
                 "envoy-echo",
                 ENVOY_VIP,
-                &[http_port(8080, 18081)],
+                &[http_port(8080, 18081), tcp(7070, 18082)],
+            ),
+            // (c): policies of the Envoy server pod
+            format!(
+                "apiVersion: switchyard.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  \
+                 name: envoy-echo-allow\n  namespace: default\nspec:\n  selector:\n    \
+                 matchLabels:\n      app: envoy-echo\n  action: ALLOW\n  rules:\n  - from:\n    \
+                 - source:\n        principals: [\"{SIDECAR_CLIENT_ID}\"]\n"
+            ),
+            format!(
+                "apiVersion: switchyard.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  \
+                 name: envoy-echo-deny\n  namespace: default\nspec:\n  selector:\n    \
+                 matchLabels:\n      app: envoy-echo\n  action: DENY\n  rules:\n  - to:\n    \
+                 - operation:\n        paths: [\"/admin*\"]\n  - from:\n    - source:\n        \
+                 ipBlocks: [10.244.0.0/16]\n    to:\n    - operation:\n        \
+                 paths: [\"/by-ip\"]\n  - from:\n    - source:\n        \
+                 principals: [\"{SIDECAR_CLIENT_ID}\"]\n    to:\n    - operation:\n        \
+                 ports: [18082]\n"
             ),
             pod(
                 "default",
@@ -186,6 +215,14 @@ async fn run() {
     let _envoy_app = EchoProcess::start(
         "envoy-echo-1",
         Some("127.0.0.1:18081".parse().unwrap()),
+        None,
+    )
+    .await
+    .unwrap();
+    // (c) the app behind the TCP port
+    let _envoy_tcp_app = EchoProcess::start(
+        "envoy-echo-1-tcp",
+        Some("127.0.0.1:18082".parse().unwrap()),
         None,
     )
     .await
@@ -325,6 +362,54 @@ async fn run() {
             ) >= 1,
         "envoy terminated the tunnel on 15008:\n{}",
         envoy_server.report().await
+    );
+
+    // (c) authorization on Envoy's HBONE path. (All pods share one namespace here, so the
+    // kernel may pick any pod address as the tunnel's source: the IP rule names the pod
+    // range. The internal listener's own connection has no IP: the rule matches only the
+    // source address `connect_terminate` passes on.) The request above passed the ALLOW policy
+    // for the sidecar client's identity (matched on the internal listener through the
+    // filter state `connect_terminate` shares); these are refused per request.
+    let host = "envoy-echo.default.svc.cluster.local:8080";
+    for path in ["/admin/users", "/by-ip"] {
+        let answer = get_path_via_vip(vip, host, path).await.unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 403"),
+            "{path}: {answer}\n{}",
+            envoy_server.report().await
+        );
+        assert!(answer.contains("RBAC: access denied"), "{path}: {answer}");
+    }
+    let ok = get_path_via_vip(vip, host, "/public").await.unwrap();
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    // TCP port: the DENY for the client's identity refuses the CONNECT; the client's
+    // connection ends without an answer.
+    let tcp_vip: SocketAddr = format!("{ENVOY_VIP}:7070").parse().unwrap();
+    let mut s = tokio::net::TcpStream::connect(tcp_vip).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(
+        !String::from_utf8_lossy(&out).contains("envoy-echo-1-tcp"),
+        "the denied tunnel reached the app: {}",
+        String::from_utf8_lossy(&out)
+    );
+    let server_stats = envoy_server.envoy.stats().await.unwrap();
+    assert!(
+        stat_sum(&server_stats, "http.connect_terminate", ".rbac.denied") >= 1
+            || stat_sum(&server_stats, "http.connect_terminate.rbac", ".denied") >= 1
+            || server_stats.lines().any(|l| l.contains("connect_terminate")
+                && l.contains("rbac")
+                && l.contains("denied")
+                && !l.ends_with(": 0")),
+        "connect_terminate's RBAC denied nothing:\n{}",
+        server_stats
+            .lines()
+            .filter(|l| l.contains("rbac"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     drop(cp);
 }

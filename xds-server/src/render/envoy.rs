@@ -1216,7 +1216,14 @@ pub fn own_maps(
     // No port to serve, no 15008 listener: its TLS context would make Envoy wait for an
     // SDS `default` that a proxy without a workload may have no agent for.
     if transport == MeshTransport::Hbone && !hbone_ports.is_empty() {
-        let t = hbone::terminate(&hbone_ports, view.proxy.ip, listen, opts);
+        let t = hbone::terminate(
+            &hbone_ports,
+            view.proxy.ip,
+            listen,
+            &view.policies,
+            &view.trust_domain,
+            opts,
+        );
         listeners.extend(
             t.listeners
                 .iter()

@@ -111,6 +111,181 @@ pub fn http_filters(
         .collect()
 }
 
+/// As [`http_filters`], on a listener where the caller's identity is not the connection's
+/// peer certificate but the string filter state `peer_key` (an internal listener behind
+/// Envoy's HBONE termination): verified-peer principals match that filter state instead.
+/// Source IP blocks match the IP filter state `source_key` (the tunnel's source address).
+pub fn http_filters_peer_from_filter_state(
+    policies: &[Arc<AuthorizationPolicy>],
+    port: u16,
+    trust_domain: &str,
+    peer_key: &str,
+    source_key: &str,
+) -> Vec<hcm::HttpFilter> {
+    rule_sets(policies, port, Layer::Http, trust_domain)
+        .into_iter()
+        .map(|mut rules| {
+            for p in rules.policies.values_mut() {
+                for principal in &mut p.principals {
+                    peer_from_filter_state(principal, peer_key, source_key);
+                }
+            }
+            hcm::HttpFilter {
+                name: HTTP_RBAC.into(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(
+                    &http_rbac::Rbac {
+                        rules: Some(rules),
+                        ..Default::default()
+                    },
+                ))),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// Rewrites every `authenticated` principal in `p` to match the string filter state `key`
+/// instead, and source-IP principals the IP filter state `source_key`.
+fn peer_from_filter_state(p: &mut rbac::Principal, key: &str, source_key: &str) {
+    use rbac::principal::Identifier;
+    match &mut p.identifier {
+        Some(Identifier::Authenticated(a)) => {
+            // Any verified peer: any SPIFFE ID.
+            let m = a
+                .principal_name
+                .take()
+                .unwrap_or_else(|| matcher::StringMatcher {
+                    match_pattern: Some(matcher::string_matcher::MatchPattern::Prefix(
+                        "spiffe://".into(),
+                    )),
+                    ..Default::default()
+                });
+            p.identifier = Some(Identifier::FilterState(matcher::FilterStateMatcher {
+                key: key.to_string(),
+                matcher: Some(matcher::filter_state_matcher::Matcher::StringMatch(m)),
+            }));
+        }
+        Some(Identifier::AndIds(set) | Identifier::OrIds(set)) => {
+            for id in &mut set.ids {
+                peer_from_filter_state(id, key, source_key);
+            }
+        }
+        Some(Identifier::NotId(inner)) => peer_from_filter_state(inner, key, source_key),
+        // The connection is internal: the tunnel's source address comes as filter state too.
+        Some(Identifier::DirectRemoteIp(cidr)) => {
+            let range = switchyard_protos::envoy::xds::core::v3::CidrRange {
+                address_prefix: cidr.address_prefix.clone(),
+                prefix_len: cidr.prefix_len,
+            };
+            p.identifier = Some(Identifier::FilterState(matcher::FilterStateMatcher {
+                key: source_key.to_string(),
+                matcher: Some(matcher::filter_state_matcher::Matcher::AddressMatch(
+                    matcher::AddressMatcher {
+                        ranges: vec![range],
+                        ..Default::default()
+                    },
+                )),
+            }));
+        }
+        _ => {}
+    }
+}
+
+/// Per-route RBAC for Envoy's HBONE termination (`connect_terminate`): the policies of the
+/// TCP `port`, checked on the `CONNECT` with the tunnel's peer certificate and source
+/// address; `None` when no policy applies. The filter named [`CONNECT_RBAC_FILTER`] in the
+/// HCM has no rules of its own.
+///
+/// A route takes one RBAC config, so DENY and ALLOW become one ALLOW set: allowed when an
+/// ALLOW rule's sources match (or there is no ALLOW policy) and no DENY rule's do. At the
+/// connection layer a rule is only its sources (destinations were settled for the port), so
+/// every rule folds into one policy: one map key keeps the encoding, and the content-hash
+/// version, stable.
+pub fn connect_per_route(
+    policies: &[Arc<AuthorizationPolicy>],
+    port: u16,
+    trust_domain: &str,
+) -> Option<wkt::Any> {
+    let sets = rule_sets(policies, port, Layer::Tcp, trust_domain);
+    if sets.is_empty() {
+        return None;
+    }
+    let sources = |set: &rbac::Rbac| -> Vec<rbac::Principal> {
+        let mut keys: Vec<&String> = set.policies.keys().collect();
+        keys.sort();
+        keys.into_iter()
+            .map(|k| or_principals(set.policies[k].principals.clone()))
+            .collect()
+    };
+    let deny = sets
+        .iter()
+        .find(|s| s.action == rbac::rbac::Action::Deny as i32);
+    let allow = sets
+        .iter()
+        .find(|s| s.action == rbac::rbac::Action::Allow as i32);
+    let mut and = Vec::new();
+    match allow {
+        // An ALLOW policy without rules that apply here: nothing is allowed.
+        Some(a) if a.policies.is_empty() => {
+            return Some(pack(&http_rbac::RbacPerRoute {
+                rbac: Some(http_rbac::Rbac {
+                    rules: Some(rbac::Rbac {
+                        action: rbac::rbac::Action::Allow as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            }));
+        }
+        Some(a) => and.push(or_principals(sources(a))),
+        None => {}
+    }
+    if let Some(d) = deny.filter(|d| !d.policies.is_empty()) {
+        and.push(not_principal(or_principals(sources(d))));
+    }
+    let principal = match and.len() {
+        0 => any_principal(),
+        1 => and.remove(0),
+        _ => rbac::Principal {
+            identifier: Some(rbac::principal::Identifier::AndIds(rbac::principal::Set {
+                ids: and,
+            })),
+        },
+    };
+    Some(pack(&http_rbac::RbacPerRoute {
+        rbac: Some(http_rbac::Rbac {
+            rules: Some(rbac::Rbac {
+                action: rbac::rbac::Action::Allow as i32,
+                policies: HashMap::from([(
+                    format!("port-{port}"),
+                    rbac::Policy {
+                        permissions: vec![any_permission()],
+                        principals: vec![principal],
+                        ..Default::default()
+                    },
+                )]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }))
+}
+
+/// Name of the RBAC filter of `connect_terminate` (configured per route).
+pub const CONNECT_RBAC_FILTER: &str = "switchyard.rbac.connect";
+
+/// An HTTP RBAC filter named `name` without rules (it enforces only what a route's
+/// `typed_per_filter_config` gives it).
+pub fn per_route_only_filter(name: &str) -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: name.into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(
+            &http_rbac::Rbac::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
 /// Network filters enforcing the policies on `port` (to go before the TCP proxy).
 pub fn network_filters(
     policies: &[Arc<AuthorizationPolicy>],
@@ -358,6 +533,7 @@ fn source(s: &PolicySource, trust_domain: &str) -> rbac::Principal {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use prost::Message as _;
     use switchyard_model::{ObjectKey, PolicyRule, PolicyScope};
 
     use super::*;
@@ -424,6 +600,92 @@ mod tests {
             Some(rbac::permission::Rule::Any(true)),
             "an L7 DENY rule refuses the whole port on TCP"
         );
+    }
+
+    fn from(principals: &[&str], to: Vec<PolicyOperation>) -> PolicyRule {
+        PolicyRule {
+            from: vec![PolicySource {
+                principals: principals.iter().map(|p| p.to_string()).collect(),
+                ..Default::default()
+            }],
+            to,
+        }
+    }
+
+    #[test]
+    fn hbone_connect_folds_deny_and_allow_into_one_allow_policy() {
+        let (a, b) = (
+            "spiffe://cluster.local/ns/shop/sa/a",
+            "spiffe://cluster.local/ns/shop/sa/b",
+        );
+        let ps = vec![
+            policy(PolicyAction::Allow, vec![from(&[a, b], Vec::new())]),
+            policy(PolicyAction::Deny, vec![from(&[b], Vec::new())]),
+        ];
+        let any = connect_per_route(&ps, 5432, "cluster.local").unwrap();
+        let per_route = http_rbac::RbacPerRoute::decode(any.value.as_slice()).unwrap();
+        let rules = per_route.rbac.unwrap().rules.unwrap();
+        assert_eq!(rules.action, rbac::rbac::Action::Allow as i32);
+        assert_eq!(rules.policies.len(), 1, "one key: a stable encoding");
+        let folded = rules.policies.values().next().unwrap();
+        // (a or b) and not b
+        let Some(rbac::principal::Identifier::AndIds(set)) = &folded.principals[0].identifier
+        else {
+            panic!("{folded:?}");
+        };
+        assert_eq!(set.ids.len(), 2);
+        assert!(matches!(
+            set.ids[1].identifier,
+            Some(rbac::principal::Identifier::NotId(_))
+        ));
+        // no policy: nothing to check
+        assert!(connect_per_route(&[], 5432, "cluster.local").is_none());
+        // an ALLOW that cannot match the port refuses everything
+        let elsewhere = vec![policy(
+            PolicyAction::Allow,
+            vec![from(&[a], vec![to(&[9090], &[])])],
+        )];
+        let any = connect_per_route(&elsewhere, 5432, "cluster.local").unwrap();
+        let rules = http_rbac::RbacPerRoute::decode(any.value.as_slice())
+            .unwrap()
+            .rbac
+            .unwrap()
+            .rules
+            .unwrap();
+        assert_eq!(rules.action, rbac::rbac::Action::Allow as i32);
+        assert!(rules.policies.is_empty());
+    }
+
+    #[test]
+    fn internal_listener_rules_match_the_tunnel_peer_and_source_from_filter_state() {
+        let ps = vec![policy(
+            PolicyAction::Deny,
+            vec![PolicyRule {
+                from: vec![PolicySource {
+                    principals: vec!["*".into()],
+                    ip_blocks: vec!["10.0.0.0/8".parse().unwrap()],
+                    ..Default::default()
+                }],
+                to: Vec::new(),
+            }],
+        )];
+        let filters =
+            http_filters_peer_from_filter_state(&ps, 8080, "cluster.local", "peer", "src");
+        let Some(hcm::http_filter::ConfigType::TypedConfig(any)) = &filters[0].config_type else {
+            panic!()
+        };
+        let json = format!(
+            "{:?}",
+            http_rbac::Rbac::decode(any.value.as_slice()).unwrap()
+        );
+        assert!(json.contains("key: \"peer\""), "{json}");
+        assert!(
+            json.contains("Prefix(\"spiffe://\")"),
+            "any verified peer: {json}"
+        );
+        assert!(json.contains("key: \"src\""), "{json}");
+        assert!(!json.contains("Authenticated"), "{json}");
+        assert!(!json.contains("DirectRemoteIp"), "{json}");
     }
 
     #[test]

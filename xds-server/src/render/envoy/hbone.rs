@@ -26,7 +26,12 @@ use switchyard_protos::envoy::envoy::extensions::transport_sockets::raw_buffer::
 use switchyard_protos::envoy::envoy::r#type::metadata::v3 as metadata;
 use switchyard_protos::{pack, wkt};
 
+use std::sync::Arc;
+
+use switchyard_model::AuthorizationPolicy;
+
 use super::super::RenderOptions;
+use super::super::rbac;
 use super::super::secret::{downstream_hbone_mtls, upstream_mtls};
 use super::{duration, http2_options, original_dst_filter, router_filter, socket_address};
 
@@ -46,6 +51,11 @@ const ORIGINAL_DST_NAMESPACE: &str = "envoy.filters.listener.original_dst";
 /// [`CONNECT_TERMINATE`] (where the client certificate is known) to the
 /// [`CONNECT_INBOUND`] listeners (where the tunnelled HTTP request is).
 pub const XFCC_FILTER_STATE: &str = "switchyard.hbone.xfcc";
+/// Filter state object carrying the tunnel's peer SPIFFE ID from [`CONNECT_TERMINATE`] to
+/// the [`CONNECT_INBOUND`] listeners, where authorization policies match it.
+pub const PEER_FILTER_STATE: &str = "switchyard.hbone.peer";
+/// Filter state object (an IP) carrying the tunnel's source address the same way.
+pub const SOURCE_FILTER_STATE: &str = "switchyard.hbone.source";
 /// What [`XFCC_FILTER_STATE`] holds: the same fields Envoy's own XFCC handling of the
 /// `inbound` listener sets (`By`, and `URI` for the caller's SPIFFE ID).
 const XFCC_FORMAT: &str = "By=%DOWNSTREAM_LOCAL_URI_SAN%;URI=%DOWNSTREAM_PEER_URI_SAN%";
@@ -212,6 +222,8 @@ pub(super) fn terminate(
     ports: &[&InboundPort],
     pod_ip: IpAddr,
     listen: IpAddr,
+    policies: &[Arc<AuthorizationPolicy>],
+    trust_domain: &str,
     opts: &RenderOptions,
 ) -> Terminate {
     let mut out = Terminate {
@@ -219,16 +231,31 @@ pub(super) fn terminate(
         clusters: Vec::new(),
     };
     let mut vhosts = Vec::new();
+    let mut connect_rbac = false;
     for p in ports {
         let app = format!("inbound|{}||", p.port);
-        // HTTP is handed to an internal listener whose HCM sees the tunnelled requests
-        // and sets XFCC; other protocols go to the app as bytes.
+        // HTTP is handed to an internal listener whose HCM sees the tunnelled requests,
+        // sets XFCC and checks authorization per request; other protocols go to the app as
+        // bytes once the CONNECT passed the port's connection-level policy.
+        let mut per_route = HashMap::new();
         let target = if p.protocol.is_http() {
             let name = inbound_name(p.port);
-            out.listeners.push(inbound_listener(&name, &app, p.port));
+            let rbac = rbac::http_filters_peer_from_filter_state(
+                policies,
+                p.port,
+                trust_domain,
+                PEER_FILTER_STATE,
+                SOURCE_FILTER_STATE,
+            );
+            out.listeners
+                .push(inbound_listener(&name, &app, p.port, rbac));
             out.clusters.push(inbound_cluster(&name, opts));
             name
         } else {
+            if let Some(config) = rbac::connect_per_route(policies, p.port, trust_domain) {
+                connect_rbac = true;
+                per_route.insert(rbac::CONNECT_RBAC_FILTER.to_string(), config);
+            }
             app
         };
         vhosts.push(route::VirtualHost {
@@ -254,6 +281,7 @@ pub(super) fn terminate(
                     }],
                     ..Default::default()
                 })),
+                typed_per_filter_config: per_route,
                 ..Default::default()
             }],
             ..Default::default()
@@ -283,7 +311,23 @@ pub(super) fn terminate(
             shared_with_upstream: set_filter_state::filter_state_value::SharedWithUpstream::Once
                 as i32,
             ..Default::default()
-        }],
+        }]
+        .into_iter()
+        .chain([
+            // The caller's identity, for authorization on the internal listeners.
+            shared_string(
+                PEER_FILTER_STATE,
+                "envoy.string",
+                "%DOWNSTREAM_PEER_URI_SAN%",
+            ),
+            // The tunnel's source address, for source-IP rules there.
+            shared_string(
+                SOURCE_FILTER_STATE,
+                "envoy.network.ip",
+                "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+            ),
+        ])
+        .collect(),
         ..Default::default()
     };
     let cfg = hcm::HttpConnectionManager {
@@ -297,14 +341,15 @@ pub(super) fn terminate(
             upgrade_type: "CONNECT".into(),
             ..Default::default()
         }],
-        http_filters: vec![
-            hcm::HttpFilter {
-                name: "envoy.filters.http.set_filter_state".into(),
-                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(&set_xfcc))),
-                ..Default::default()
-            },
-            router_filter(),
-        ],
+        http_filters: [hcm::HttpFilter {
+            name: "envoy.filters.http.set_filter_state".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(&set_xfcc))),
+            ..Default::default()
+        }]
+        .into_iter()
+        .chain(connect_rbac.then(|| rbac::per_route_only_filter(rbac::CONNECT_RBAC_FILTER)))
+        .chain([router_filter()])
+        .collect(),
         route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
             route::RouteConfiguration {
                 name: CONNECT_TERMINATE.into(),
@@ -332,16 +377,46 @@ pub(super) fn terminate(
     out
 }
 
+/// A filter state value from `format`, shared with the upstream (internal) connection.
+/// `factory` empty: the key names its own factory (a well-known object).
+fn shared_string(key: &str, factory: &str, format: &str) -> set_filter_state::FilterStateValue {
+    set_filter_state::FilterStateValue {
+        key: Some(set_filter_state::filter_state_value::Key::ObjectKey(
+            key.into(),
+        )),
+        factory_key: factory.into(),
+        value: Some(set_filter_state::filter_state_value::Value::FormatString(
+            core::SubstitutionFormatString {
+                format: Some(core::substitution_format_string::Format::TextFormatSource(
+                    core::DataSource {
+                        specifier: Some(core::data_source::Specifier::InlineString(format.into())),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            },
+        )),
+        shared_with_upstream: set_filter_state::filter_state_value::SharedWithUpstream::Once as i32,
+        ..Default::default()
+    }
+}
+
 /// Internal listener `connect_inbound|<port>`: the tunnelled HTTP to the app's inbound
-/// cluster, with `x-forwarded-client-cert` replaced by what [`CONNECT_TERMINATE`] saw.
-fn inbound_listener(name: &str, app: &str, port: u16) -> listener::Listener {
+/// cluster, with `x-forwarded-client-cert` replaced by what [`CONNECT_TERMINATE`] saw and
+/// the port's authorization (`rbac`) checked per request.
+fn inbound_listener(
+    name: &str,
+    app: &str,
+    port: u16,
+    rbac: Vec<hcm::HttpFilter>,
+) -> listener::Listener {
     let cfg = hcm::HttpConnectionManager {
         stat_prefix: format!("{CONNECT_INBOUND}_{port}"),
         codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
         // Whatever XFCC the client sent is removed; the route sets ours.
         forward_client_cert_details:
             hcm::http_connection_manager::ForwardClientCertDetails::Sanitize as i32,
-        http_filters: vec![router_filter()],
+        http_filters: rbac.into_iter().chain([router_filter()]).collect(),
         normalize_path: Some(wkt::BoolValue { value: true }),
         route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
             route::RouteConfiguration {
@@ -362,6 +437,8 @@ fn inbound_listener(name: &str, app: &str, port: u16) -> listener::Listener {
                             ),
                             ..Default::default()
                         })),
+                        // Our sidecar's tunnel-only header (see its `ORIG_PROTO`).
+                        request_headers_to_remove: vec!["switchyard-orig-proto".into()],
                         request_headers_to_add: vec![core::HeaderValueOption {
                             header: Some(core::HeaderValue {
                                 key: "x-forwarded-client-cert".into(),
