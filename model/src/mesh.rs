@@ -283,7 +283,8 @@ impl Visibility {
 }
 
 /// Circuit-breaker limits a client proxy keeps for a service (unset: the dataplane's
-/// defaults, Envoy's 1024 / 1024 / 1024 / 3).
+/// defaults: 1024 connections, pending and active requests; retries: Envoy 3 at a time, our
+/// sidecar bounded by its retry budget only).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ConnectionLimits {
     /// Most open connections.

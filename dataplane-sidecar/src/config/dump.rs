@@ -94,6 +94,14 @@ impl RawStore {
         }
     }
 
+    /// Keeps only the resources of `t` whose names `keep` accepts (names no longer
+    /// subscribed to).
+    pub fn retain(&self, t: TypeUrl, keep: impl Fn(&String) -> bool) {
+        if let Some(m) = self.lock().get_mut(&t) {
+            m.retain(|k, _| keep(k));
+        }
+    }
+
     /// How many resources of `t` are in use.
     pub fn len(&self, t: TypeUrl) -> usize {
         self.lock()
@@ -105,7 +113,9 @@ impl RawStore {
     /// version, each resource with its own version; a resource whose last update was
     /// rejected carries Envoy's `error_state` (its accepted version, if any, stays in use).
     pub fn dump(&self, status: &FollowStatus, include_eds: bool) -> Value {
-        let store = self.lock();
+        // A copy (the bytes are shared): decoding, and the descriptor pool's first load, run
+        // without blocking the follower.
+        let store = self.lock().clone();
         let mut configs = Vec::new();
         for (t, message, list, entry) in SECTIONS {
             if t == TypeUrl::ClusterLoadAssignment && !include_eds {

@@ -365,6 +365,8 @@ impl Follower {
                 if let Some(h) = st.held.get_mut(&TypeUrl::ClusterLoadAssignment) {
                     h.retain(|k, _| names.contains(k));
                 }
+                self.raw
+                    .retain(TypeUrl::ClusterLoadAssignment, |k| names.contains(k));
                 st.dirty |= before != st.resources.load_assignments.len();
             }
             TypeUrl::Listener | TypeUrl::RouteConfiguration => {
@@ -380,6 +382,8 @@ impl Follower {
                 if let Some(h) = st.held.get_mut(&TypeUrl::RouteConfiguration) {
                     h.retain(|k, _| names.contains(k));
                 }
+                self.raw
+                    .retain(TypeUrl::RouteConfiguration, |k| names.contains(k));
                 st.dirty |= before != st.resources.route_configs.len();
             }
             _ => {}

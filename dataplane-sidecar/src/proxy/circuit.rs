@@ -224,6 +224,17 @@ impl CircuitBreaker {
         self.try_acquire(Resource::Retries)
     }
 
+    /// Takes a slot of `resource` even over its limit, after a refused `try_*` (which counted
+    /// the overflow): Envoy lets a host with no connection open one at the limit, so it
+    /// cannot starve.
+    pub fn force(&self, resource: Resource) -> CircuitGuard {
+        self.counter(resource).active.fetch_add(1, Ordering::AcqRel);
+        CircuitGuard {
+            inner: Arc::clone(&self.inner),
+            resource,
+        }
+    }
+
     /// Takes a slot of `resource`, or refuses when all are in use.
     pub fn try_acquire(&self, resource: Resource) -> Result<CircuitGuard, Overloaded> {
         let counter = self.counter(resource);

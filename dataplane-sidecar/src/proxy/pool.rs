@@ -4,10 +4,12 @@
 //! endpoint (one per endpoint, replaced when it closes).
 //!
 //! It owns connection reuse and the cluster's connection and pending-request limits: a
-//! request that needs a new connection holds a pending-request slot until it has one (none
-//! free: `503`, [`SendError::Overloaded`]); at the connection limit it waits for a pooled
-//! connection to turn idle or a connection to close, and closes an idle connection of the
-//! cluster to another endpoint to make room. Dialing (plain TCP with the proxy mark, or an
+//! request that needs a new connection holds a pending-request slot until that connection is
+//! ready (none free: `503`, [`SendError::Overloaded`]); at the connection limit it waits for a
+//! pooled connection to turn idle or a connection to close, and closes one idle connection of
+//! the cluster to another endpoint to make room. An endpoint with no connection at all gets
+//! one even at the limit (counted as an overflow), as in Envoy, so no endpoint starves behind
+//! busy or HTTP/2 connections to others. Dialing (plain TCP with the proxy mark, or an
 //! HBONE tunnel) is the caller's: [`Pool::send`] calls the dialer when it may open a
 //! connection.
 
@@ -83,6 +85,34 @@ type PerCluster<T> = HashMap<String, HashMap<SocketAddr, T>>;
 pub struct Pool {
     h1_idle: Mutex<PerCluster<Vec<http1::SendRequest<Body>>>>,
     h2: Mutex<PerCluster<http2::SendRequest<Body>>>,
+    /// Connections being dialed or open, per endpoint.
+    open: Mutex<PerCluster<usize>>,
+}
+
+/// One connection counted in [`Pool::open`] until dropped.
+struct OpenConnection {
+    pool: std::sync::Weak<Pool>,
+    cluster: String,
+    addr: SocketAddr,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            let mut open = lock(&pool.open);
+            if let Some(endpoints) = open.get_mut(&self.cluster) {
+                if let Some(n) = endpoints.get_mut(&self.addr) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        endpoints.remove(&self.addr);
+                    }
+                }
+                if endpoints.is_empty() {
+                    open.remove(&self.cluster);
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -101,8 +131,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Acquired<S> {
     /// A pooled connection.
     Pooled(S),
-    /// A connection slot: dial a new connection.
-    Slot(CircuitGuard),
+    /// Dial a new connection: its connection slot and count, and the pending-request slot
+    /// held until it is ready.
+    Dial {
+        slot: CircuitGuard,
+        open: OpenConnection,
+        pending: CircuitGuard,
+    },
 }
 
 impl Pool {
@@ -152,20 +187,42 @@ impl Pool {
             .is_some()
     }
 
+    /// Counts a connection to `target` being dialed.
+    fn count_open(self: &Arc<Self>, target: &Target<'_>) -> OpenConnection {
+        *lock(&self.open)
+            .entry(target.cluster.to_string())
+            .or_default()
+            .entry(target.addr)
+            .or_default() += 1;
+        OpenConnection {
+            pool: Arc::downgrade(self),
+            cluster: target.cluster.to_string(),
+            addr: target.addr,
+        }
+    }
+
+    fn has_connection(&self, target: &Target<'_>) -> bool {
+        lock(&self.open)
+            .get(target.cluster)
+            .and_then(|m| m.get(&target.addr))
+            .is_some_and(|n| *n > 0)
+    }
+
     /// Waits until a pooled connection (from `pooled`) or a connection slot is available,
     /// holding a pending-request slot meanwhile. Refuses when no pending slot is free.
     async fn acquire<S>(
-        &self,
+        self: &Arc<Self>,
         target: &Target<'_>,
         mut pooled: impl FnMut() -> Option<S>,
     ) -> Result<Acquired<S>, SendError> {
         if let Some(s) = pooled() {
             return Ok(Acquired::Pooled(s));
         }
-        let _pending = target
+        let pending = target
             .breaker
             .try_pending_request()
             .map_err(SendError::Overloaded)?;
+        let mut closed_one = false;
         loop {
             let freed = target.breaker.freed();
             tokio::pin!(freed);
@@ -173,14 +230,29 @@ impl Pool {
             if let Some(s) = pooled() {
                 return Ok(Acquired::Pooled(s));
             }
-            match target.breaker.try_connection() {
-                Ok(slot) => return Ok(Acquired::Slot(slot)),
-                Err(full) => {
-                    let closed = self.close_idle_elsewhere(target);
-                    debug!(cluster = target.cluster, endpoint = %target.addr, limit = full.limit, closed_idle = closed, "waiting for a connection");
-                    freed.await;
+            let slot = match target.breaker.try_connection() {
+                Ok(slot) => Some(slot),
+                // No connection to this endpoint at all: open one anyway.
+                Err(_) if !self.has_connection(target) => {
+                    Some(target.breaker.force(super::circuit::Resource::Connections))
                 }
+                Err(full) => {
+                    // One idle connection elsewhere per waiting request, not one per wake-up.
+                    if !closed_one {
+                        closed_one = self.close_idle_elsewhere(target);
+                    }
+                    debug!(cluster = target.cluster, endpoint = %target.addr, limit = full.limit, "waiting for a connection");
+                    None
+                }
+            };
+            if let Some(slot) = slot {
+                return Ok(Acquired::Dial {
+                    slot,
+                    open: self.count_open(target),
+                    pending,
+                });
             }
+            freed.await;
         }
     }
 
@@ -197,16 +269,21 @@ impl Pool {
         let addr = target.addr;
         let mut sender = match self.acquire(&target, || self.idle_h1(&target)).await? {
             Acquired::Pooled(s) => s,
-            Acquired::Slot(slot) => {
+            Acquired::Dial {
+                slot,
+                open,
+                pending,
+            } => {
                 let io = dial().await.map_err(SendError::Connect)?;
                 let (sender, conn) = http1::handshake(TokioIo::new(io))
                     .await
                     .map_err(SendError::Handshake)?;
+                drop(pending);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         debug!(error = %e, %addr, "upstream http/1.1 connection ended");
                     }
-                    drop(slot);
+                    drop((slot, open));
                 });
                 sender
             }
@@ -247,7 +324,7 @@ impl Pool {
     }
 
     async fn send_h2<F, Fut>(
-        &self,
+        self: &Arc<Self>,
         target: Target<'_>,
         req: Request<Body>,
         dial: F,
@@ -259,16 +336,21 @@ impl Pool {
         let addr = target.addr;
         let mut sender = match self.acquire(&target, || self.shared_h2(&target)).await? {
             Acquired::Pooled(s) => s,
-            Acquired::Slot(slot) => {
+            Acquired::Dial {
+                slot,
+                open,
+                pending,
+            } => {
                 let io = dial().await.map_err(SendError::Connect)?;
                 let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                     .await
                     .map_err(SendError::Handshake)?;
+                drop(pending);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         debug!(error = %e, %addr, "upstream http/2 connection ended");
                     }
-                    drop(slot);
+                    drop((slot, open));
                 });
                 // Two requests may have dialed at once: the first one stored wins the slot,
                 // the other connection serves its request and closes when idle.

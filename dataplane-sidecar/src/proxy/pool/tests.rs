@@ -131,31 +131,66 @@ async fn at_the_connection_limit_requests_wait_for_the_pooled_connection_and_ove
     assert_eq!(snap.connections.active, 1, "the pooled connection");
 }
 
+async fn wait_pooled(pool: &Arc<Pool>, n: usize) {
+    for _ in 0..100 {
+        if pool.pooled() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pool.pooled(), n);
+}
+
 #[tokio::test]
-async fn an_idle_connection_to_another_endpoint_is_closed_to_make_room() {
+async fn an_endpoint_without_connections_gets_one_at_the_limit_as_an_overflow() {
     let (x, y) = (server(Duration::ZERO).await, server(Duration::ZERO).await);
     let pool = Arc::new(Pool::default());
     let breaker = limits(1, 1);
     assert_eq!(get(&pool, &breaker, x.addr).await.unwrap(), 200);
-    // x's connection goes back to the pool once its response is done
+    wait_pooled(&pool, 1).await;
+    // y has no connection: it is not starved behind x's
+    let answer = tokio::time::timeout(Duration::from_secs(5), get(&pool, &breaker, y.addr))
+        .await
+        .expect("the request to y waited");
+    assert_eq!(answer.unwrap(), 200);
+    assert_eq!(y.accepted.load(Ordering::SeqCst), 1);
+    let snap = breaker.snapshot();
+    assert_eq!(snap.connections.refused, 1, "counted as an overflow");
+    assert_eq!(snap.connections.active, 2);
+}
+
+#[tokio::test]
+async fn an_idle_connection_to_another_endpoint_is_closed_to_make_room() {
+    let x = server(Duration::ZERO).await;
+    let y = server(Duration::from_millis(500)).await;
+    let pool = Arc::new(Pool::default());
+    let breaker = limits(2, 1);
+    assert_eq!(get(&pool, &breaker, x.addr).await.unwrap(), 200);
+    wait_pooled(&pool, 1).await;
+    // y's only connection is busy; a second request to y needs a second connection
+    let busy = tokio::spawn({
+        let (pool, breaker) = (pool.clone(), breaker.clone());
+        async move { get(&pool, &breaker, y.addr).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), get(&pool, &breaker, y.addr))
+        .await
+        .expect("the second request to y waited forever");
+    assert_eq!(answer.unwrap(), 200);
+    assert_eq!(busy.await.unwrap().unwrap(), 200);
     for _ in 0..100 {
-        if pool.pooled() == 1 {
+        if x.closed.load(Ordering::SeqCst) == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(pool.pooled(), 1);
-    let answer = tokio::time::timeout(Duration::from_secs(5), get(&pool, &breaker, y.addr))
-        .await
-        .expect("the request to y waited forever");
-    assert_eq!(answer.unwrap(), 200);
     assert_eq!(
         x.closed.load(Ordering::SeqCst),
         1,
         "x's idle connection closed"
     );
-    assert_eq!(y.accepted.load(Ordering::SeqCst), 1);
-    assert_eq!(breaker.snapshot().connections.active, 1);
+    assert_eq!(y.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(breaker.snapshot().connections.refused, 1, "it waited once");
 }
 
 #[tokio::test]

@@ -260,16 +260,34 @@ pub const ORIG_PROTO: &str = "switchyard-orig-proto";
 /// `req` (built for HTTP/1.1) for HTTP/2 in a tunnel: `Host` becomes the `:authority` of an
 /// absolute URI, `te` goes unless it is `trailers` (HTTP/2 allows nothing else), and
 /// [`ORIG_PROTO`] says it was HTTP/1.1.
-fn into_http2(mut req: Request<Body>) -> Request<Body> {
+/// Returns `false`, the request unchanged, when its `Host` cannot be an authority (it then
+/// goes as HTTP/1.1).
+fn into_http2(req: &mut Request<Body>) -> bool {
     if req.version() == Version::HTTP_2 {
-        return req;
+        return true;
     }
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let Some(Ok(uri)) = authority.map(|a| {
+        Uri::builder()
+            .scheme("http")
+            .authority(a)
+            .path_and_query(path)
+            .build()
+    }) else {
+        return false;
+    };
+    req.headers_mut().remove(header::HOST);
     req.headers_mut()
         .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
-    let host = req
-        .headers_mut()
-        .remove(header::HOST)
-        .and_then(|h| h.to_str().ok().map(str::to_string));
     if req
         .headers()
         .get(header::TE)
@@ -277,19 +295,9 @@ fn into_http2(mut req: Request<Body>) -> Request<Body> {
     {
         req.headers_mut().remove(header::TE);
     }
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
     *req.version_mut() = Version::HTTP_2;
-    *req.uri_mut() = Uri::builder()
-        .scheme("http")
-        .authority(host.as_deref().unwrap_or("localhost"))
-        .path_and_query(path)
-        .build()
-        .unwrap_or_else(|_| Uri::from_static("/"));
-    req
+    *req.uri_mut() = uri;
+    true
 }
 
 fn proto_of(version: Version) -> Proto {
@@ -615,11 +623,14 @@ impl Proxy {
             let may_replay = replay.is_some() || length == Some(0);
             // An overflow is not retried (as Envoy): the retry would overflow too.
             let overflowed = matches!(result, Err(AttemptError::Send(SendError::Overloaded(_))));
+            // The cluster's retry slot is taken before the budget is charged, so a refused
+            // slot spends no budget.
             if let Some((p, route_policy)) = &policy
                 && may_replay
                 && !route_timed_out
                 && !overflowed
-                && p.decide(&outcome, retries, &self.retry_budget) == RetryDecision::Retry
+                && p.is_retriable(&outcome)
+                && retries < route_policy.num_retries
                 && let Some(slot) = state.as_ref().and_then(|u| match u.breaker.try_retry() {
                     Ok(slot) => Some(slot),
                     Err(o) => {
@@ -627,6 +638,7 @@ impl Proxy {
                         None
                     }
                 })
+                && p.decide(&outcome, retries, &self.retry_budget) == RetryDecision::Retry
             {
                 retry_slot = Some(slot);
                 retries += 1;
@@ -697,11 +709,12 @@ impl Proxy {
         };
         // To a mesh endpoint, HTTP/2 inside the tunnel whatever the app speaks: one tunnel
         // per endpoint carries every request; the server's proxy speaks the app's protocol.
-        let (proto, req) = match transport {
-            Some(Transport::Hbone(_)) if self.settings.http2_upgrade => {
-                (Proto::Http2, into_http2(req))
+        let mut req = req;
+        let proto = match transport {
+            Some(Transport::Hbone(_)) if self.settings.http2_upgrade && into_http2(&mut req) => {
+                Proto::Http2
             }
-            _ => (proto, req),
+            _ => proto,
         };
         let send = self
             .pool
