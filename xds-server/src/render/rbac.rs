@@ -100,15 +100,62 @@ pub fn http_filters(
         .into_iter()
         .map(|rules| hcm::HttpFilter {
             name: HTTP_RBAC.into(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(
-                &http_rbac::Rbac {
-                    rules: Some(rules),
-                    ..Default::default()
-                },
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack_with_rules(
+                &http_rbac::Rbac::default(),
+                &rules,
             ))),
             ..Default::default()
         })
         .collect()
+}
+
+/// A policy map entry, encoded as protobuf encodes map entries.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PolicyEntry {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(message, optional, tag = "2")]
+    policy: Option<rbac::Policy>,
+}
+
+/// The `policies` map (field 2 of `config.rbac.v3.RBAC`) as its entries in name order.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SortedPolicies {
+    #[prost(message, repeated, tag = "2")]
+    entries: Vec<PolicyEntry>,
+}
+
+/// Field 1 of the RBAC filters' configs (`rules`), already encoded.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RulesField {
+    #[prost(bytes = "vec", tag = "1")]
+    rules: Vec<u8>,
+}
+
+/// `wrapper` (an RBAC filter config whose field 1, `rules`, is left unset) packed with
+/// `rules`, whose policies are encoded in name order: a protobuf map with several entries
+/// otherwise encodes in hash order, and the same rules would get a new content-hash version
+/// at every render.
+fn pack_with_rules<W: prost::Name>(wrapper: &W, rules: &rbac::Rbac) -> wkt::Any {
+    use prost::Message as _;
+    let mut head = rules.clone();
+    let mut names: Vec<String> = head.policies.keys().cloned().collect();
+    names.sort();
+    let entries = names
+        .into_iter()
+        .map(|name| {
+            let policy = head.policies.remove(&name);
+            PolicyEntry { name, policy }
+        })
+        .collect();
+    let mut rules_bytes = head.encode_to_vec();
+    rules_bytes.extend(SortedPolicies { entries }.encode_to_vec());
+    let mut value = wrapper.encode_to_vec();
+    value.extend(RulesField { rules: rules_bytes }.encode_to_vec());
+    wkt::Any {
+        type_url: W::type_url(),
+        value,
+    }
 }
 
 /// As [`http_filters`], on a listener where the caller's identity is not the connection's
@@ -132,11 +179,9 @@ pub fn http_filters_peer_from_filter_state(
             }
             hcm::HttpFilter {
                 name: HTTP_RBAC.into(),
-                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(
-                    &http_rbac::Rbac {
-                        rules: Some(rules),
-                        ..Default::default()
-                    },
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack_with_rules(
+                    &http_rbac::Rbac::default(),
+                    &rules,
                 ))),
                 ..Default::default()
             }
@@ -296,12 +341,12 @@ pub fn network_filters(
         .into_iter()
         .map(|rules| listener::Filter {
             name: NETWORK_RBAC.into(),
-            config_type: Some(listener::filter::ConfigType::TypedConfig(pack(
+            config_type: Some(listener::filter::ConfigType::TypedConfig(pack_with_rules(
                 &network_rbac::Rbac {
-                    rules: Some(rules),
                     stat_prefix: format!("inbound_{port}."),
                     ..Default::default()
                 },
+                &rules,
             ))),
         })
         .collect()
@@ -686,6 +731,46 @@ mod tests {
         assert!(json.contains("key: \"src\""), "{json}");
         assert!(!json.contains("Authenticated"), "{json}");
         assert!(!json.contains("DirectRemoteIp"), "{json}");
+    }
+
+    #[test]
+    fn several_policies_encode_the_same_at_every_render() {
+        let rules: Vec<PolicyRule> = (0..8)
+            .map(|i| {
+                from(
+                    &[&format!("spiffe://cluster.local/ns/shop/sa/s{i}")],
+                    Vec::new(),
+                )
+            })
+            .collect();
+        let ps = vec![policy(PolicyAction::Deny, rules)];
+        let render = || {
+            let f = &http_filters(&ps, 8080, "cluster.local")[0];
+            let Some(hcm::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                panic!()
+            };
+            any.clone()
+        };
+        let first = render();
+        for _ in 0..20 {
+            assert_eq!(render(), first, "a new map order changed the bytes");
+        }
+        // and they decode to the same rules
+        let decoded = http_rbac::Rbac::decode(first.value.as_slice()).unwrap();
+        let rules = decoded.rules.unwrap();
+        assert_eq!(rules.policies.len(), 8);
+        assert_eq!(rules.action, rbac::rbac::Action::Deny as i32);
+        assert_eq!(
+            rules,
+            rule_sets(&ps, 8080, Layer::Http, "cluster.local").remove(0)
+        );
+        let tcp = &network_filters(&ps, 5432, "cluster.local")[0];
+        let Some(listener::filter::ConfigType::TypedConfig(any)) = &tcp.config_type else {
+            panic!()
+        };
+        let decoded = network_rbac::Rbac::decode(any.value.as_slice()).unwrap();
+        assert_eq!(decoded.stat_prefix, "inbound_5432.");
+        assert_eq!(decoded.rules.unwrap().policies.len(), 8);
     }
 
     #[test]
