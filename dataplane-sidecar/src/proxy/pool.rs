@@ -140,6 +140,20 @@ enum Acquired<S> {
     },
 }
 
+/// Runs an upstream connection's task; its connection slot and count (`held`) go when it
+/// ends.
+fn drive<C>(conn: C, addr: SocketAddr, proto: &'static str, held: (CircuitGuard, OpenConnection))
+where
+    C: Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, %addr, proto, "upstream connection ended");
+        }
+        drop(held);
+    });
+}
+
 impl Pool {
     /// Sends `req` to `target` in `proto`, on a pooled connection or a new one from `dial`.
     /// A pooled HTTP/1.1 connection that turns out closed is dropped and the request goes on
@@ -279,12 +293,7 @@ impl Pool {
                     .await
                     .map_err(SendError::Handshake)?;
                 drop(pending);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, %addr, "upstream http/1.1 connection ended");
-                    }
-                    drop((slot, open));
-                });
+                drive(conn, addr, "http/1.1", (slot, open));
                 sender
             }
         };
@@ -346,12 +355,7 @@ impl Pool {
                     .await
                     .map_err(SendError::Handshake)?;
                 drop(pending);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, %addr, "upstream http/2 connection ended");
-                    }
-                    drop((slot, open));
-                });
+                drive(conn, addr, "http/2", (slot, open));
                 // Two requests may have dialed at once: the first one stored wins the slot,
                 // the other connection serves its request and closes when idle.
                 lock(&self.h2)

@@ -169,35 +169,35 @@ impl Collector for UpstreamCollector {
                 .encode(family.encode_family(&labels)?)?;
         }
 
-        let mut family = encoder.encode_descriptor(
-            "switchyard_sidecar_upstream_overflow",
-            "requests or connections refused by a cluster's circuit breaker, by limit",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for (name, snap) in &snapshots {
-            for (resource, counts) in snap.each() {
-                let labels = LimitLabels {
-                    cluster: name.to_string(),
-                    resource: resource.as_str().to_string(),
-                };
-                ConstCounter::new(counts.refused).encode(family.encode_family(&labels)?)?;
-            }
-        }
-
-        let mut family = encoder.encode_descriptor(
-            "switchyard_sidecar_upstream_active",
-            "circuit-breaker slots in use, by cluster and limit",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        for (name, snap) in &snapshots {
-            for (resource, counts) in snap.each() {
-                let labels = LimitLabels {
-                    cluster: name.to_string(),
-                    resource: resource.as_str().to_string(),
-                };
-                ConstGauge::new(i64::from(counts.active)).encode(family.encode_family(&labels)?)?;
+        // One series per cluster and limit: refusals, then slots in use.
+        for (name, help, metric_type, refused) in [
+            (
+                "switchyard_sidecar_upstream_overflow",
+                "requests or connections refused by a cluster's circuit breaker, by limit",
+                prometheus_client::metrics::MetricType::Counter,
+                true,
+            ),
+            (
+                "switchyard_sidecar_upstream_active",
+                "circuit-breaker slots in use, by cluster and limit",
+                prometheus_client::metrics::MetricType::Gauge,
+                false,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+            for (cluster, snap) in &snapshots {
+                for (resource, counts) in snap.each() {
+                    let labels = LimitLabels {
+                        cluster: cluster.to_string(),
+                        resource: resource.as_str().to_string(),
+                    };
+                    let series = family.encode_family(&labels)?;
+                    if refused {
+                        ConstCounter::new(counts.refused).encode(series)?;
+                    } else {
+                        ConstGauge::new(i64::from(counts.active)).encode(series)?;
+                    }
+                }
             }
         }
         Ok(())
