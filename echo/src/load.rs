@@ -428,6 +428,8 @@ async fn worker(
         }
         Schedule::Fixed { first, period } => {
             let mut intended = start + first;
+            // When this connection's previous answer came.
+            let mut free_at = start;
             while intended < end {
                 if Instant::now() >= end {
                     // Behind schedule at the end: what is left was never sent.
@@ -436,10 +438,19 @@ async fn worker(
                     break;
                 }
                 tokio::time::sleep_until(intended).await;
+                // A send late because the previous answer came late is the target's
+                // latency too: counted from the intended time (no coordinated omission).
+                // A send late only because the timer woke late (tokio's timer ticks in
+                // whole milliseconds) is not: counted from the send, or every latency
+                // would carry up to a millisecond of timer slack.
+                let from = if free_at > intended {
+                    intended
+                } else {
+                    Instant::now()
+                };
                 let outcome = client.send(timeout).await;
-                // From the intended time: a late send (the previous request was slow) is
-                // the target's latency too.
-                tally.record(&outcome, intended.elapsed(), &progress);
+                tally.record(&outcome, from.elapsed(), &progress);
+                free_at = Instant::now();
                 intended += period;
             }
         }

@@ -63,6 +63,33 @@ struct ServeArgs {
     /// Once listening, write `{"name","http","grpc"}` with the bound addresses here.
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    threads: Threads,
+}
+
+/// How many threads to run on.
+#[derive(Debug, Args)]
+struct Threads {
+    /// Worker threads; 0: one per CPU. 1 runs everything on one thread (no cross-thread
+    /// wake-ups: the least CPU per request, as a load generator and app in a benchmark
+    /// should use so the proxies measured get the machine).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+}
+
+impl Threads {
+    fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = if self.threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if self.threads > 1 {
+                builder.worker_threads(self.threads);
+            }
+            builder
+        };
+        builder.enable_all().build()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -87,8 +114,8 @@ struct LoadArgs {
     /// Parallel connections, one request in flight on each.
     #[arg(long, value_name = "N", default_value_t = 1)]
     connections: usize,
-    /// Fixed total rate in requests per second (open loop: latency counted from each
-    /// request's scheduled time).
+    /// Fixed total rate in requests per second (open loop: a request sent late because
+    /// the previous answer on its connection came late counts from its scheduled time).
     #[arg(long, value_name = "R")]
     rate: Option<f64>,
     /// As fast as answers come back, per connection (closed loop).
@@ -100,14 +127,15 @@ struct LoadArgs {
     /// Deadline per request, connecting included.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     timeout: Duration,
+    #[command(flatten)]
+    threads: Threads,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
     load::parse_duration(text).map_err(|e| e.to_string())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -117,12 +145,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => args.threads.runtime()?.block_on(serve(args)),
         Command::Load(args) => {
-            let report = run_load(args).await?;
+            let report = args.threads.runtime()?.block_on(run_load(args))?;
             print_report(&report)
         }
-        Command::Get(args) => get(args).await,
+        Command::Get(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(get(args)),
     }
 }
 

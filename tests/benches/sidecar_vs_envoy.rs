@@ -32,10 +32,13 @@
 //! RSS before any max-rate load, split into file-backed pages (the binary's code and shared
 //! libraries, shared by every process running the same binary) and anonymous memory (its
 //! own); the peak over the whole run is reported too. CPU is `utime + stime` per 1,000
-//! requests of each workload.
+//! requests of each workload. The load generator and the echo app run on one thread each
+//! (`--threads 1`): they share the 2 cores with the proxies, and the less they take the more
+//! the max rate measures the proxies. The sidecar binary's linkage is reported:
+//! `scripts/build-release.sh` links it statically.
 //!
 //! ```text
-//! cargo build --release --workspace --bins
+//! scripts/build-release.sh
 //! cargo bench -p switchyard-tests --bench sidecar_vs_envoy -- --duration 10s --setups direct,sidecar,envoy
 //! ```
 
@@ -420,6 +423,42 @@ fn real_envoy_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// Whether the ELF executable `bin` is statically linked: it has no interpreter
+/// (`PT_INTERP`), so it loads no shared library.
+fn is_static_elf(bin: &Path) -> anyhow::Result<bool> {
+    let mut head = vec![0u8; 64 * 1024];
+    let n = File::open(bin)?.read(&mut head)?;
+    head.truncate(n);
+    let u16_at = |o: usize| head.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u64_at = |o: usize| {
+        head.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    // 64-bit little-endian ELF: e_phoff at 0x20, e_phentsize at 0x36, e_phnum at 0x38.
+    if head.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        bail!("{} is not a 64-bit little-endian ELF file", bin.display());
+    }
+    let (Some(phoff), Some(entsize), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        bail!("{}: truncated ELF header", bin.display());
+    };
+    const PT_INTERP: u32 = 3;
+    for i in 0..usize::from(count) {
+        let at = phoff as usize + i * usize::from(entsize);
+        let Some(p_type) = head
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            bail!("{}: program headers beyond the first 64 KiB", bin.display());
+        };
+        if p_type == PT_INTERP {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// A binary of this workspace from `target/release` (this bench runs from
 /// `target/release/deps`).
 fn release_binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -431,7 +470,7 @@ fn release_binary(name: &str) -> anyhow::Result<PathBuf> {
     let bin = dir.join(name);
     if !bin.is_file() {
         bail!(
-            "{} not found: build the binaries first with `cargo build --release --workspace --bins`",
+            "{} not found: build the binaries first with scripts/build-release.sh",
             bin.display()
         );
     }
@@ -468,6 +507,8 @@ struct Mesh {
     server: Pod,
     _app: Proc,
     sidecar_bin: PathBuf,
+    /// Whether `sidecar_bin` is statically linked.
+    sidecar_static: bool,
     echo_bin: PathBuf,
     tokens: switchyard_ca::token::TokenAuthority,
 }
@@ -493,6 +534,17 @@ impl Mesh {
     fn start() -> anyhow::Result<Self> {
         let switchyard = release_binary("switchyard")?;
         let sidecar_bin = release_binary("switchyard-sidecar")?;
+        let sidecar_static = is_static_elf(&sidecar_bin)?;
+        step(format!(
+            "{}: {}",
+            sidecar_bin.display(),
+            if sidecar_static {
+                "statically linked"
+            } else {
+                "dynamically linked (its RSS includes the shared libraries it maps; \
+                 scripts/build-release.sh links it statically)"
+            }
+        ));
         let echo_bin = release_binary("switchyard-echo")?;
         let dir = tempfile::Builder::new()
             .prefix("sidecar-vs-envoy")
@@ -554,6 +606,7 @@ impl Mesh {
             .args(["--grpc", &format!("0.0.0.0:{APP_GRPC_PORT}")])
             .arg("--ready-file")
             .arg(&ready_file)
+            .args(["--threads", "1"])
             .env("RUST_LOG", "warn");
         let mut app = server.spawn("echo app", cmd, &dir.path().join("echo.log"))?;
         wait_until("the echo app", READY_TIMEOUT, || {
@@ -572,6 +625,7 @@ impl Mesh {
             server,
             _app: app,
             sidecar_bin,
+            sidecar_static,
             echo_bin,
             tokens,
         })
@@ -721,6 +775,8 @@ impl Mesh {
         cmd.args(["--duration", &format!("{}ms", duration.as_millis())])
             .args(["--connections", &connections.to_string()])
             .args(["--timeout", "5s"])
+            // One thread: the load generator shares the 2 cores with what it measures.
+            .args(["--threads", "1"])
             .env("RUST_LOG", "warn");
         match pace {
             Pace::Fixed(r) => cmd.args(["--rate", &r.to_string()]),
@@ -1101,7 +1157,7 @@ fn added_per_hop(setup: &SetupResult, direct: Option<&SetupResult>, i: usize, q:
     }
 }
 
-fn to_json(args: &Args, results: &[SetupResult]) -> Value {
+fn to_json(args: &Args, sidecar_static: bool, results: &[SetupResult]) -> Value {
     let direct = results.iter().find(|r| r.setup == Setup::Direct);
     let num = |v: f64| if v.is_finite() { json!(v) } else { Value::Null };
     json!({
@@ -1113,6 +1169,8 @@ fn to_json(args: &Args, results: &[SetupResult]) -> Value {
         "fixed_connections": args.fixed_connections,
         "max_rate_connections": args.max_connections,
         "envoy_concurrency": args.envoy_concurrency,
+        "sidecar_linkage": if sidecar_static { "static" } else { "dynamic" },
+        "load_generator_threads": 1,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "topology": "two pods, each its own network namespace, veth pairs on one bridge; \
                      control plane (switchyard serve) in the bench's private host namespace",
@@ -1470,7 +1528,7 @@ fn main() -> anyhow::Result<()> {
     let json_path = args.out.join("sidecar_vs_envoy.json");
     std::fs::write(
         &json_path,
-        serde_json::to_string_pretty(&to_json(&args, &results))?,
+        serde_json::to_string_pretty(&to_json(&args, mesh.sidecar_static, &results))?,
     )?;
     let svg_path = args.out.join("sidecar_vs_envoy.svg");
     plot(&svg_path, &args, &results)?;

@@ -29,6 +29,18 @@ impl SidecarProcess {
     /// Starts the proxy of pod `name` (namespace `default`, service account `sa`) at `ip`,
     /// with its loopback listeners on `lo_ip`.
     pub fn start(cp: &ControlPlane, name: &str, sa: &str, ip: &str, lo_ip: &str) -> Self {
+        Self::start_with(cp, name, sa, ip, lo_ip, &[])
+    }
+
+    /// [`SidecarProcess::start`] with more `proxy` arguments.
+    pub fn start_with(
+        cp: &ControlPlane,
+        name: &str,
+        sa: &str,
+        ip: &str,
+        lo_ip: &str,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::Builder::new().prefix("proxy").tempdir().unwrap();
         let log = dir.path().join("proxy.log");
         let token = switchyard_ca::token::TokenAuthority::load_or_create(cp.ca_dir.path())
@@ -45,6 +57,7 @@ impl SidecarProcess {
             .args(["--hbone-address", &format!("{ip}:15008")])
             .args(["--admin-address", &admin.to_string()])
             .args(["--metrics-address", &format!("{lo_ip}:15020")])
+            .args(extra)
             .env("RUST_LOG", "info,switchyard_dataplane_sidecar=debug")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -92,8 +92,12 @@ async fn start_pods(cp: &ControlPlane) -> (EchoProcess, SidecarProcess, SidecarP
     )
     .await
     .unwrap();
-    let server = SidecarProcess::start(cp, "echo-1", "echo", SERVER_IP, "127.0.0.2");
-    let client = SidecarProcess::start(cp, "client-0", "client", CLIENT_IP, "127.0.0.1");
+    // HTTP/1.1 goes as HTTP/2 in one tunnel per endpoint here (checked below); the other
+    // suites run the default, a tunnel per upstream HTTP/1.1 connection.
+    let upgrade = ["--http2-upgrade", "true"];
+    let server = SidecarProcess::start_with(cp, "echo-1", "echo", SERVER_IP, "127.0.0.2", &upgrade);
+    let client =
+        SidecarProcess::start_with(cp, "client-0", "client", CLIENT_IP, "127.0.0.1", &upgrade);
     for p in [&server, &client] {
         eventually(WAIT, "the proxy to be ready", || async {
             match http(p.admin, "GET", "/ready").await {
@@ -309,7 +313,8 @@ async fn run() {
     assert!(client_stats.contains("outbound_hbone: 2"), "{client_stats}");
     assert!(
         client_stats.contains("outbound_failed: 0"),
-        "{client_stats}"
+        "{client_stats}\n{}",
+        client.log()
     );
     let (_, server_stats) = http(server.admin, "GET", "/stats").await.unwrap();
     assert!(

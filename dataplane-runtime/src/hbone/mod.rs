@@ -24,7 +24,10 @@ mod stream;
 
 pub use client::{HboneClient, HboneClientConfig};
 pub use error::{DialError, HboneError};
-pub use server::{HboneServer, HboneServerConfig, InboundHandler, Peer, Refusal, TargetStream};
+pub use server::{
+    HboneServer, HboneServerConfig, InboundHandler, Peer, Refusal, ServeTunnel, TargetStream,
+    TunnelEnd,
+};
 pub use stats::{HboneStats, StatsSnapshot};
 pub use stream::HboneStream;
 

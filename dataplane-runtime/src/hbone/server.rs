@@ -6,8 +6,9 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -19,7 +20,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use switchyard_model::SpiffeId;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,30 @@ use crate::tls::{IdentityStore, cert_info, server_config};
 pub trait TargetStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> TargetStream for T {}
+
+/// Serves an accepted tunnel in-process: called with the tunnel's byte stream once the `200`
+/// is sent; the tunnel lasts as long as the returned future.
+pub type ServeTunnel = Box<
+    dyn FnOnce(Box<dyn TargetStream>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send,
+>;
+
+/// Where an authorized tunnel's bytes go, as returned by [`InboundHandler::connect`].
+pub enum TunnelEnd {
+    /// Copied both ways to and from this stream (a TCP connection to the target, usually).
+    Stream(Box<dyn TargetStream>),
+    /// Handed to a server in the same process (an HTTP server, say), with no copy in
+    /// between.
+    Serve(ServeTunnel),
+}
+
+impl fmt::Debug for TunnelEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TunnelEnd::Stream(_) => "TunnelEnd::Stream",
+            TunnelEnd::Serve(_) => "TunnelEnd::Serve",
+        })
+    }
+}
 
 /// The client of an HBONE connection, as verified by the TLS handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,18 +110,18 @@ pub trait InboundHandler: Send + Sync + 'static {
         target: SocketAddr,
     ) -> impl Future<Output = Result<(), Refusal>> + Send;
 
-    /// Opens the stream to `target` for an authorized `peer`; an error answers 503 (as does
+    /// Opens the way to `target` for an authorized `peer`; an error answers 503 (as does
     /// exceeding [`HboneServerConfig::target_connect_timeout`]). The default dials `target`
     /// over TCP.
     fn connect(
         &self,
         _peer: &Peer,
         target: SocketAddr,
-    ) -> impl Future<Output = io::Result<Box<dyn TargetStream>>> + Send {
+    ) -> impl Future<Output = io::Result<TunnelEnd>> + Send {
         async move {
             let stream = TcpStream::connect(target).await?;
             stream.set_nodelay(true)?;
-            Ok(Box::new(stream) as Box<dyn TargetStream>)
+            Ok(TunnelEnd::Stream(Box::new(stream)))
         }
     }
 }
@@ -377,26 +402,25 @@ impl<H: InboundHandler> ServerInner<H> {
                 return refusal(StatusCode::FORBIDDEN, refusal_.reason());
             }
             let after = self.config.target_connect_timeout;
-            let target_stream =
-                match tokio::time::timeout(after, self.handler.connect(peer, target)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        self.stats.stream_failed();
-                        info!(%error, "hbone target unreachable");
-                        return refusal(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            &format!("cannot reach {target}: {error}"),
-                        );
-                    }
-                    Err(_) => {
-                        self.stats.stream_failed();
-                        info!(?after, "hbone target connect timed out");
-                        return refusal(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            &format!("cannot reach {target}: no answer within {after:?}"),
-                        );
-                    }
-                };
+            let end = match tokio::time::timeout(after, self.handler.connect(peer, target)).await {
+                Ok(Ok(end)) => end,
+                Ok(Err(error)) => {
+                    self.stats.stream_failed();
+                    info!(%error, "hbone target unreachable");
+                    return refusal(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("cannot reach {target}: {error}"),
+                    );
+                }
+                Err(_) => {
+                    self.stats.stream_failed();
+                    info!(?after, "hbone target connect timed out");
+                    return refusal(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("cannot reach {target}: no answer within {after:?}"),
+                    );
+                }
+            };
             self.stats.stream_opened();
             debug!(identity = %peer.identity, "hbone tunnel open");
             let upgrade = hyper::upgrade::on(request);
@@ -410,12 +434,14 @@ impl<H: InboundHandler> ServerInner<H> {
                             return;
                         }
                     };
-                    tunnel(
-                        Counted::new(TokioIo::new(upgraded), stats),
-                        target_stream,
-                        abort,
-                    )
-                    .await;
+                    let io = Counted::new(TokioIo::new(upgraded), stats);
+                    match end {
+                        TunnelEnd::Stream(target) => tunnel(io, target, abort).await,
+                        TunnelEnd::Serve(serve) => tokio::select! {
+                            () = serve_lent(io, serve) => debug!("hbone tunnel served"),
+                            () = abort.cancelled() => debug!("hbone tunnel cut at shutdown"),
+                        },
+                    }
                 }
                 .in_current_span(),
             );
@@ -423,6 +449,122 @@ impl<H: InboundHandler> ServerInner<H> {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// How long a tunnel whose in-process server has finished waits for the client's
+/// `END_STREAM` before it is dropped (and so reset).
+const LINGER: Duration = Duration::from_secs(5);
+
+/// Runs `serve` on the tunnel, then reads what the client still sends until its
+/// `END_STREAM` (at most [`LINGER`]): a server that closes first (an HTTP/1.1
+/// `Connection: close`, say) would otherwise drop a half-open HTTP/2 stream, which resets
+/// it, and the client's last write would fail. `copy_bidirectional` does the same for
+/// [`TunnelEnd::Stream`].
+async fn serve_lent<S: TargetStream>(io: S, serve: ServeTunnel) {
+    let (back, returned) = tokio::sync::oneshot::channel();
+    serve(Box::new(Lent {
+        io: Some(io),
+        back: Some(back),
+    }))
+    .await;
+    let Ok(mut io) = returned.await else {
+        return;
+    };
+    let linger = async {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let _ = io.shutdown().await;
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = io.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(LINGER, linger).await.is_err() {
+        debug!(after = ?LINGER, "hbone tunnel reset: the client did not finish");
+    }
+}
+
+/// A tunnel lent to a [`ServeTunnel`]: handed back to [`serve_lent`] when the server drops
+/// it.
+struct Lent<S> {
+    io: Option<S>,
+    back: Option<tokio::sync::oneshot::Sender<S>>,
+}
+
+impl<S> Lent<S> {
+    fn io(&mut self) -> io::Result<Pin<&mut S>>
+    where
+        S: Unpin,
+    {
+        self.io
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "tunnel handed back"))
+    }
+}
+
+impl<S> Drop for Lent<S> {
+    fn drop(&mut self) {
+        if let (Some(io), Some(back)) = (self.io.take(), self.back.take()) {
+            let _ = back.send(io);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Lent<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut().io() {
+            Ok(io) => io.poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Lent<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().io() {
+            Ok(io) => io.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().io() {
+            Ok(io) => io.poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().io() {
+            Ok(io) => io.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().io() {
+            Ok(io) => io.poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }
 

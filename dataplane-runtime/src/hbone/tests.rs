@@ -1,6 +1,7 @@
 //! In-process HBONE tests: real TLS on loopback with certificates from a test CA, a client and
 //! a server from this module, and small TCP targets.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +28,8 @@ use crate::tls::{Expected, IdentityStore, client_config};
 struct Policy {
     deny: Option<String>,
     seen: Mutex<Vec<Peer>>,
+    /// Serve tunnels in-process: write this, close, return at once.
+    serve_and_close: Option<&'static [u8]>,
 }
 
 impl Policy {
@@ -41,6 +44,21 @@ impl InboundHandler for Arc<Policy> {
         match &self.deny {
             Some(reason) => Err(Refusal::new(reason.clone())),
             None => Ok(()),
+        }
+    }
+
+    async fn connect(&self, _peer: &Peer, target: SocketAddr) -> io::Result<TunnelEnd> {
+        match self.serve_and_close {
+            Some(said) => Ok(TunnelEnd::Serve(Box::new(move |mut io| {
+                Box::pin(async move {
+                    let _ = io.write_all(said).await;
+                    let _ = io.shutdown().await;
+                })
+            }))),
+            None => {
+                let stream = TcpStream::connect(target).await?;
+                Ok(TunnelEnd::Stream(Box::new(stream)))
+            }
         }
     }
 }
@@ -506,6 +524,37 @@ async fn half_close_reaches_the_target_and_the_reply_comes_back() {
         .unwrap();
     assert_eq!(reply, "got 12 bytes");
     drop(stream);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_served_tunnel_that_closes_first_lets_the_client_finish() {
+    let mesh = Mesh::new();
+    let policy = Policy {
+        serve_and_close: Some(b"bye"),
+        ..Policy::default()
+    };
+    let server = Server::start(&mesh.server, policy).await;
+    let mut stream = mesh
+        .client()
+        .connect(closed_port().await, server.addr, expect_server())
+        .await
+        .unwrap();
+    let mut said = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut said))
+        .await
+        .expect("the server's end of the tunnel ends")
+        .unwrap();
+    assert_eq!(said, b"bye");
+    // The server is done, but the stream is not reset under the client: what it still
+    // sends is read (and dropped) until its END_STREAM.
+    stream.write_all(b"late bytes").await.unwrap();
+    stream.shutdown().await.unwrap();
+    drop(stream);
+    eventually("the tunnel closed without failure", || {
+        server.stats().streams_failed == 0
+    })
+    .await;
     server.stop().await;
 }
 

@@ -29,7 +29,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use rand::Rng as _;
 use switchyard_dataplane_runtime::hbone::{
-    HBONE_PORT, HboneClient, HboneError, InboundHandler, Peer, Refusal, TargetStream,
+    HBONE_PORT, HboneClient, HboneError, InboundHandler, Peer, Refusal, TunnelEnd,
 };
 use switchyard_dataplane_runtime::tls::Expected;
 use switchyard_model::MtlsMode;
@@ -419,24 +419,22 @@ impl InboundHandler for TunnelHandler {
         decision
     }
 
-    async fn connect(&self, peer: &Peer, target: SocketAddr) -> io::Result<Box<dyn TargetStream>> {
+    async fn connect(&self, peer: &Peer, target: SocketAddr) -> io::Result<TunnelEnd> {
         let http = self
             .config
             .current()
             .is_some_and(|c| c.inbound(target.port()).is_some_and(|p| p.http));
         self.metrics.inbound_hbone_forwarded.inc();
         if http {
-            // The tunnel's bytes go to an in-process HTTP server that forwards each request
-            // to the app with the caller's identity.
-            let (ours, theirs) = tokio::io::duplex(64 * 1024);
-            tokio::spawn(
-                self.clone()
-                    .serve_http_inbound(ours, http::Caller::from(peer), target),
-            );
-            return Ok(Box::new(theirs));
+            // The tunnel itself is served by the in-process HTTP server that forwards each
+            // request to the app with the caller's identity.
+            let (handler, caller) = (self.clone(), http::Caller::from(peer));
+            return Ok(TunnelEnd::Serve(Box::new(move |io| {
+                Box::pin(handler.serve_http_inbound(io, caller, target))
+            })));
         }
         let stream = connect_marked(target, self.mark, self.connect_timeout).await?;
-        Ok(Box::new(stream))
+        Ok(TunnelEnd::Stream(Box::new(stream)))
     }
 }
 

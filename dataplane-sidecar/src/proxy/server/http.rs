@@ -24,6 +24,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{Authority, PathAndQuery};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng as _;
@@ -219,7 +220,11 @@ fn upstream_request(
     proto: Proto,
     body: Body,
 ) -> Request<Body> {
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    // Cloning a `PathAndQuery` shares its bytes: the path is neither copied nor scanned again.
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut req = Request::new(body);
     *req.method_mut() = method.clone();
     *req.headers_mut() = headers.clone();
@@ -229,7 +234,7 @@ fn upstream_request(
     match proto {
         Proto::Http1 => {
             *req.version_mut() = Version::HTTP_11;
-            *req.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            *req.uri_mut() = Uri::from(path);
             if let Some(host) = host
                 && !req.headers().contains_key(header::HOST)
                 && let Ok(v) = HeaderValue::from_str(host)
@@ -241,12 +246,8 @@ fn upstream_request(
             *req.version_mut() = Version::HTTP_2;
             req.headers_mut().remove(header::HOST);
             let authority = host.unwrap_or("localhost");
-            *req.uri_mut() = Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(path)
-                .build()
-                .unwrap_or_else(|_| Uri::from_static("/"));
+            *req.uri_mut() =
+                absolute(authority.parse().ok(), path).unwrap_or_else(|| Uri::from_static("/"));
         }
     }
     req
@@ -270,19 +271,13 @@ fn into_http2(req: &mut Request<Body>) -> bool {
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok());
+        .and_then(|h| h.parse::<Authority>().ok());
     let path = req
         .uri()
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let Some(Ok(uri)) = authority.map(|a| {
-        Uri::builder()
-            .scheme("http")
-            .authority(a)
-            .path_and_query(path)
-            .build()
-    }) else {
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let Some(uri) = absolute(authority, path) else {
         return false;
     };
     req.headers_mut().remove(header::HOST);
@@ -298,6 +293,15 @@ fn into_http2(req: &mut Request<Body>) -> bool {
     *req.version_mut() = Version::HTTP_2;
     *req.uri_mut() = uri;
     true
+}
+
+/// `http://<authority><path>`, built from parsed parts (nothing is scanned again).
+fn absolute(authority: Option<Authority>, path: PathAndQuery) -> Option<Uri> {
+    let mut parts = hyper::http::uri::Parts::default();
+    parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+    parts.authority = Some(authority?);
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).ok()
 }
 
 fn proto_of(version: Version) -> Proto {
