@@ -408,6 +408,9 @@ enum Schedule {
     Nothing,
 }
 
+/// How late tokio's timer may wake a fixed-rate sender (1 ms ticks, plus scheduling).
+const TIMER_SLACK: Duration = Duration::from_millis(2);
+
 async fn worker(
     mut client: Client,
     schedule: Schedule,
@@ -442,11 +445,13 @@ async fn worker(
                 // latency too: counted from the intended time (no coordinated omission).
                 // A send late only because the timer woke late (tokio's timer ticks in
                 // whole milliseconds) is not: counted from the send, or every latency
-                // would carry up to a millisecond of timer slack.
-                let from = if free_at > intended {
+                // would carry up to a millisecond of timer slack. Later than that (this
+                // thread starved of CPU, say) counts from the intended time again.
+                let now = Instant::now();
+                let from = if free_at > intended || now - intended > TIMER_SLACK {
                     intended
                 } else {
-                    Instant::now()
+                    now
                 };
                 let outcome = client.send(timeout).await;
                 tally.record(&outcome, from.elapsed(), &progress);

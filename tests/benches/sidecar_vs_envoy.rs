@@ -426,9 +426,8 @@ fn real_envoy_binary() -> anyhow::Result<PathBuf> {
 /// Whether the ELF executable `bin` is statically linked: it has no interpreter
 /// (`PT_INTERP`), so it loads no shared library.
 fn is_static_elf(bin: &Path) -> anyhow::Result<bool> {
-    let mut head = vec![0u8; 64 * 1024];
-    let n = File::open(bin)?.read(&mut head)?;
-    head.truncate(n);
+    let mut head = Vec::with_capacity(64 * 1024);
+    File::open(bin)?.take(64 * 1024).read_to_end(&mut head)?;
     let u16_at = |o: usize| head.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u64_at = |o: usize| {
         head.get(o..o + 8)

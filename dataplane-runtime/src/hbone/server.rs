@@ -39,9 +39,11 @@ pub trait TargetStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> TargetStream for T {}
 
 /// Serves an accepted tunnel in-process: called with the tunnel's byte stream once the `200`
-/// is sent; the tunnel lasts as long as the returned future.
+/// is sent, and a token cancelled when the server starts draining (finish what is in flight,
+/// take nothing new, close); the tunnel lasts as long as the returned future.
 pub type ServeTunnel = Box<
-    dyn FnOnce(Box<dyn TargetStream>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send,
+    dyn FnOnce(Box<dyn TargetStream>, CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send,
 >;
 
 /// Where an authorized tunnel's bytes go, as returned by [`InboundHandler::connect`].
@@ -424,7 +426,11 @@ impl<H: InboundHandler> ServerInner<H> {
             self.stats.stream_opened();
             debug!(identity = %peer.identity, "hbone tunnel open");
             let upgrade = hyper::upgrade::on(request);
-            let (stats, abort) = (self.stats.clone(), tasks.abort.clone());
+            let (stats, shutdown, abort) = (
+                self.stats.clone(),
+                tasks.shutdown.clone(),
+                tasks.abort.clone(),
+            );
             tasks.tracker.spawn(
                 async move {
                     let upgraded = match upgrade.await {
@@ -438,7 +444,7 @@ impl<H: InboundHandler> ServerInner<H> {
                     match end {
                         TunnelEnd::Stream(target) => tunnel(io, target, abort).await,
                         TunnelEnd::Serve(serve) => tokio::select! {
-                            () = serve_lent(io, serve) => debug!("hbone tunnel served"),
+                            () = serve_lent(io, serve, shutdown) => debug!("hbone tunnel served"),
                             () = abort.cancelled() => debug!("hbone tunnel cut at shutdown"),
                         },
                     }
@@ -461,12 +467,15 @@ const LINGER: Duration = Duration::from_secs(5);
 /// `Connection: close`, say) would otherwise drop a half-open HTTP/2 stream, which resets
 /// it, and the client's last write would fail. `copy_bidirectional` does the same for
 /// [`TunnelEnd::Stream`].
-async fn serve_lent<S: TargetStream>(io: S, serve: ServeTunnel) {
+async fn serve_lent<S: TargetStream>(io: S, serve: ServeTunnel, shutdown: CancellationToken) {
     let (back, returned) = tokio::sync::oneshot::channel();
-    serve(Box::new(Lent {
-        io: Some(io),
-        back: Some(back),
-    }))
+    serve(
+        Box::new(Lent {
+            io: Some(io),
+            back: Some(back),
+        }),
+        shutdown,
+    )
     .await;
     let Ok(mut io) = returned.await else {
         return;

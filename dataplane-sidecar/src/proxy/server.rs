@@ -429,8 +429,8 @@ impl InboundHandler for TunnelHandler {
             // The tunnel itself is served by the in-process HTTP server that forwards each
             // request to the app with the caller's identity.
             let (handler, caller) = (self.clone(), http::Caller::from(peer));
-            return Ok(TunnelEnd::Serve(Box::new(move |io| {
-                Box::pin(handler.serve_http_inbound(io, caller, target))
+            return Ok(TunnelEnd::Serve(Box::new(move |io, draining| {
+                Box::pin(handler.serve_http_inbound(io, caller, target, draining))
             })));
         }
         let stream = connect_marked(target, self.mark, self.connect_timeout).await?;
@@ -851,6 +851,7 @@ impl Proxy {
                             addr: peer,
                         },
                         dst,
+                        self.shutdown.clone(),
                     )
                     .await;
                 return Ok(());

@@ -33,6 +33,7 @@ use std::time::Duration;
 use switchyard_dataplane_runtime::hbone::{HBONE_PORT, Peer};
 use switchyard_dataplane_runtime::tls::Expected;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::super::balance::Outcome;
@@ -245,9 +246,12 @@ fn upstream_request(
         Proto::Http2 => {
             *req.version_mut() = Version::HTTP_2;
             req.headers_mut().remove(header::HOST);
-            let authority = host.unwrap_or("localhost");
+            // A Host that is no authority: `localhost`, as with none (HTTP/2 needs one).
+            let authority = host
+                .and_then(|h| h.parse().ok())
+                .unwrap_or_else(|| Authority::from_static("localhost"));
             *req.uri_mut() =
-                absolute(authority.parse().ok(), path).unwrap_or_else(|| Uri::from_static("/"));
+                absolute(Some(authority), path.clone()).unwrap_or_else(|| Uri::from(path));
         }
     }
     req
@@ -844,9 +848,16 @@ impl TunnelHandler {
     /// Serves HTTP from `caller` to the app at `target` (inside an HBONE tunnel, or a
     /// plaintext connection): each request is checked against the port's request-level
     /// authorization and goes to the app over a pooled connection, with the caller's identity
-    /// in `x-forwarded-client-cert` (removed when the caller has none).
-    pub(super) async fn serve_http_inbound<S>(self, io: S, caller: Caller, target: SocketAddr)
-    where
+    /// in `x-forwarded-client-cert` (removed when the caller has none). Once `draining` is
+    /// cancelled the connection finishes its requests in flight and closes (HTTP/1.1: after
+    /// the current response; HTTP/2: `GOAWAY`).
+    pub(super) async fn serve_http_inbound<S>(
+        self,
+        io: S,
+        caller: Caller,
+        target: SocketAddr,
+        draining: CancellationToken,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let handler = Arc::new(self);
@@ -856,9 +867,16 @@ impl TunnelHandler {
             let peer = peer.clone();
             async move { Ok::<_, Infallible>(handler.inbound_request(&peer, target, req).await) }
         });
-        let result = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(io), service)
-            .await;
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            () = draining.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
         if let Err(e) = result {
             debug!(error = %e, %target, "inbound http connection ended with an error");
         }
