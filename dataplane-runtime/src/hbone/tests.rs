@@ -28,10 +28,16 @@ use crate::tls::{Expected, IdentityStore, client_config};
 struct Policy {
     deny: Option<String>,
     seen: Mutex<Vec<Peer>>,
-    /// Serve tunnels in-process: write this, close, return at once.
-    serve_and_close: Option<&'static [u8]>,
-    /// Serve tunnels in-process: once the server drains, write this and close.
-    serve_until_drained: Option<&'static [u8]>,
+    /// Serve tunnels in-process instead of dialling their target.
+    serve: Option<Serving>,
+}
+
+/// How [`Policy`] serves a tunnel in-process: write `says` and close, at once or once the
+/// server drains.
+#[derive(Debug, Clone, Copy)]
+struct Serving {
+    says: &'static [u8],
+    after_drain: bool,
 }
 
 impl Policy {
@@ -50,25 +56,19 @@ impl InboundHandler for Arc<Policy> {
     }
 
     async fn connect(&self, _peer: &Peer, target: SocketAddr) -> io::Result<TunnelEnd> {
-        match (self.serve_and_close, self.serve_until_drained) {
-            (Some(said), _) => Ok(TunnelEnd::Serve(Box::new(move |mut io, _draining| {
-                Box::pin(async move {
-                    let _ = io.write_all(said).await;
-                    let _ = io.shutdown().await;
-                })
-            }))),
-            (None, Some(said)) => Ok(TunnelEnd::Serve(Box::new(move |mut io, draining| {
-                Box::pin(async move {
+        let Some(Serving { says, after_drain }) = self.serve else {
+            let stream = TcpStream::connect(target).await?;
+            return Ok(TunnelEnd::Stream(Box::new(stream)));
+        };
+        Ok(TunnelEnd::Serve(Box::new(move |mut io, draining| {
+            Box::pin(async move {
+                if after_drain {
                     draining.cancelled().await;
-                    let _ = io.write_all(said).await;
-                    let _ = io.shutdown().await;
-                })
-            }))),
-            (None, None) => {
-                let stream = TcpStream::connect(target).await?;
-                Ok(TunnelEnd::Stream(Box::new(stream)))
-            }
-        }
+                }
+                let _ = io.write_all(says).await;
+                let _ = io.shutdown().await;
+            })
+        })))
     }
 }
 
@@ -536,19 +536,29 @@ async fn half_close_reaches_the_target_and_the_reply_comes_back() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_served_tunnel_that_closes_first_lets_the_client_finish() {
+/// A server whose [`Policy`] serves tunnels as `serving` says, and a tunnel to it.
+async fn served_tunnel(serving: Serving) -> (Server, HboneStream) {
     let mesh = Mesh::new();
     let policy = Policy {
-        serve_and_close: Some(b"bye"),
+        serve: Some(serving),
         ..Policy::default()
     };
     let server = Server::start(&mesh.server, policy).await;
-    let mut stream = mesh
+    let stream = mesh
         .client()
         .connect(closed_port().await, server.addr, expect_server())
         .await
         .unwrap();
+    (server, stream)
+}
+
+#[tokio::test]
+async fn a_served_tunnel_that_closes_first_lets_the_client_finish() {
+    let (server, mut stream) = served_tunnel(Serving {
+        says: b"bye",
+        after_drain: false,
+    })
+    .await;
     let mut said = Vec::new();
     tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut said))
         .await
@@ -570,17 +580,11 @@ async fn a_served_tunnel_that_closes_first_lets_the_client_finish() {
 
 #[tokio::test]
 async fn a_served_tunnel_hears_the_drain_and_closes_itself() {
-    let mesh = Mesh::new();
-    let policy = Policy {
-        serve_until_drained: Some(b"draining"),
-        ..Policy::default()
-    };
-    let server = Server::start(&mesh.server, policy).await;
-    let mut stream = mesh
-        .client()
-        .connect(closed_port().await, server.addr, expect_server())
-        .await
-        .unwrap();
+    let (server, mut stream) = served_tunnel(Serving {
+        says: b"draining",
+        after_drain: true,
+    })
+    .await;
     stream.write_all(b"hello").await.unwrap();
     let stopped = tokio::spawn(server.stop());
     // Well before the drain timeout (3 s), which would cut the tunnel without a word.
