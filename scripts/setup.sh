@@ -45,11 +45,14 @@ command -v "$PYTHON" >/dev/null || missing+=(python3)
 # network namespaces and nftables capture for the mTLS suites (they run as root)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v nft >/dev/null || missing+=(nftables)
+# the load generators of the sidecar benchmark's max-rate workloads
+command -v wrk >/dev/null || missing+=(wrk)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
 if ((${#missing[@]})); then
     step "apt-get install ${missing[*]}"
     apt_install "${missing[@]}"
 else
-    step "debian packages: curl, $PYTHON, ip and nft present"
+    step "debian packages: curl, $PYTHON, ip, nft, wrk and h2load present"
 fi
 
 venv_probe="$(mktemp -d)"

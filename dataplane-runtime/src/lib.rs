@@ -5,6 +5,7 @@
 //! crate.
 
 pub mod ads_client;
+pub mod coalesce;
 pub mod hbone;
 pub mod identity;
 pub mod net;

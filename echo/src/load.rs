@@ -197,6 +197,10 @@ pub enum RateMode {
     Max,
 }
 
+/// The largest gRPC `message` [`LoadOptions::validate`] accepts: under tonic's default
+/// 4 MiB limit for a decoded request, with room for the frame.
+pub const MAX_GRPC_MESSAGE: usize = 4 * 1024 * 1024 - 1024;
+
 /// What [`run`] does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadOptions {
@@ -212,6 +216,8 @@ pub struct LoadOptions {
     pub host: Option<String>,
     /// Deadline for one request, including connecting when it has to.
     pub timeout: Duration,
+    /// The `message` of every gRPC `EchoRequest` (the server sends it back).
+    pub grpc_message: String,
 }
 
 impl LoadOptions {
@@ -224,6 +230,7 @@ impl LoadOptions {
             rate: RateMode::Max,
             host: None,
             timeout: DEFAULT_TIMEOUT,
+            grpc_message: "load".to_owned(),
         }
     }
 
@@ -243,6 +250,13 @@ impl LoadOptions {
         }
         if self.timeout.is_zero() {
             problems.push("timeout must be more than 0".to_owned());
+        }
+        if self.grpc_message.len() > MAX_GRPC_MESSAGE {
+            problems.push(format!(
+                "the gRPC message must be at most {MAX_GRPC_MESSAGE} bytes (the server's \
+                 limit for a whole request is 4 MiB), got {}",
+                self.grpc_message.len()
+            ));
         }
         if problems.is_empty() {
             Ok(())
@@ -608,6 +622,7 @@ impl Client {
                 addr: *addr,
                 authority: options.host.clone().unwrap_or_else(|| authority.clone()),
                 stream: *stream,
+                message: options.grpc_message.clone(),
                 client: None,
                 chat: None,
             })),
@@ -704,6 +719,7 @@ struct GrpcClient {
     addr: SocketAddr,
     authority: String,
     stream: bool,
+    message: String,
     client: Option<EchoClient<Channel>>,
     chat: Option<Chat>,
 }
@@ -719,7 +735,7 @@ impl GrpcClient {
             },
         };
         let request = EchoRequest {
-            message: "load".to_owned(),
+            message: self.message.clone(),
         };
         let reply = if self.stream {
             chat_round_trip(client, &mut self.chat, request).await

@@ -127,6 +127,10 @@ struct LoadArgs {
     /// Deadline per request, connecting included.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     timeout: Duration,
+    /// Size of the `message` in each gRPC request, in bytes (`x` repeated); the answer
+    /// carries it back. Without it the message is `load`.
+    #[arg(long, value_name = "BYTES", conflicts_with = "http")]
+    message_bytes: Option<usize>,
     #[command(flatten)]
     threads: Threads,
 }
@@ -248,6 +252,10 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<LoadReport> {
         },
         host: args.host,
         timeout: args.timeout,
+        grpc_message: match args.message_bytes {
+            Some(n) => "x".repeat(n),
+            None => "load".to_owned(),
+        },
     };
     options.validate()?;
     Ok(load::run(options).await)

@@ -23,8 +23,15 @@
 //!   rule exempting uid 1337, as Istio does: Envoy does not mark its sockets, so Envoy and its
 //!   SDS agent run as uid/gid 1337.
 //!
-//! Workloads (`switchyard-echo load`, HdrHistogram percentiles): HTTP/1.1 GET and gRPC unary,
-//! each at a fixed rate (open loop, default 1,000 req/s) and at max rate with 64 connections.
+//! Workloads: HTTP/1.1 GET and gRPC unary `Echo` with a 1,000-byte message, each at a fixed
+//! rate (`switchyard-echo load`, open loop, default 1,000 req/s, HdrHistogram percentiles) and
+//! at max rate with 64 connections (`wrk` for HTTP/1.1, `h2load` for gRPC, one stream per
+//! connection: C event loops that take about a third of the CPU per request echo's Rust load
+//! generator does, so more of the 2 shared cores go to what is measured; `--max-load echo`
+//! uses echo's instead). h2load knows HTTP status only: a gRPC answer counts as ok when it is
+//! 2xx and the DATA received covers a whole answer for it (the size of one measured first), so
+//! a `grpc-status` failure, which has no DATA, is an error; the path is also checked end to
+//! end with echo's client, which reads `grpc-status`.
 //! Echo has no way to ask for a body size, so the HTTP answer is padded to ~1 KB through the
 //! query string, which echo copies into its JSON answer (the request grows by as much); the
 //! answer size through each setup is measured and reported. The fixed-rate workloads run
@@ -33,9 +40,11 @@
 //! libraries, shared by every process running the same binary) and anonymous memory (its
 //! own); the peak over the whole run is reported too. CPU is `utime + stime` per 1,000
 //! requests of each workload. The load generator and the echo app run on one thread each
-//! (`--threads 1`): they share the 2 cores with the proxies, and the less they take the more
-//! the max rate measures the proxies. The sidecar binary's linkage is reported:
-//! `scripts/build-release.sh` links it statically.
+//! (`--threads 1`, `wrk --threads 1`, `h2load --threads 1`): they share the 2 cores with the
+//! proxies, and the less they take the more the max rate measures the proxies. The sidecar
+//! binary's linkage is reported: `scripts/build-release.sh` links it statically. Envoy runs
+//! with `--concurrency 2` and the sidecar with `--concurrency 1` (its default) unless
+//! `--envoy-concurrency` / `--sidecar-concurrency` say otherwise.
 //!
 //! ```text
 //! scripts/build-release.sh
@@ -62,6 +71,7 @@ use serde_json::{Value, json};
 use switchyard_dataplane_sidecar::capture::{self, CaptureConfig};
 use switchyard_test_support::manifests::{grpc, http, namespace, pod, service};
 use switchyard_test_support::{EnvoyOptions, envoy_binary, netns};
+use switchyard_tests::loadgen;
 
 const HOST_IP: &str = "10.244.0.1";
 const CLIENT_IP: &str = "10.244.0.5";
@@ -90,8 +100,31 @@ struct Args {
     fixed_connections: usize,
     max_connections: usize,
     envoy_concurrency: u32,
+    sidecar_concurrency: u32,
     body_bytes: usize,
+    grpc_message_bytes: usize,
+    max_load: MaxLoad,
     out: PathBuf,
+}
+
+/// What sends the max-rate load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MaxLoad {
+    /// `wrk` for HTTP/1.1 and `h2load` for gRPC: event loops in C that spend about a third
+    /// of the CPU per request `switchyard-echo load` does, leaving the shared cores to the
+    /// proxies being measured.
+    Native,
+    /// `switchyard-echo load --max-rate`, as the fixed-rate workloads.
+    Echo,
+}
+
+impl MaxLoad {
+    fn name(self) -> &'static str {
+        match self {
+            MaxLoad::Native => "wrk (HTTP/1.1), h2load (gRPC)",
+            MaxLoad::Echo => "switchyard-echo load",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +168,10 @@ fn parse_args() -> Args {
         fixed_connections: 8,
         max_connections: 64,
         envoy_concurrency: 2,
+        sidecar_concurrency: 1,
         body_bytes: 1024,
+        grpc_message_bytes: 1000,
+        max_load: MaxLoad::Native,
         out: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../bench-results")),
     };
     let mut it = std::env::args().skip(1);
@@ -163,14 +199,28 @@ fn parse_args() -> Args {
             "--envoy-concurrency" => {
                 a.envoy_concurrency = val().parse().expect("--envoy-concurrency N")
             }
+            "--sidecar-concurrency" => {
+                a.sidecar_concurrency = val().parse().expect("--sidecar-concurrency N")
+            }
             "--body-bytes" => a.body_bytes = val().parse().expect("--body-bytes N"),
+            "--grpc-message-bytes" => {
+                a.grpc_message_bytes = val().parse().expect("--grpc-message-bytes N")
+            }
+            "--max-load" => {
+                a.max_load = match val().as_str() {
+                    "native" => MaxLoad::Native,
+                    "echo" => MaxLoad::Echo,
+                    other => panic!("unknown --max-load {other}: want native or echo"),
+                }
+            }
             "--out" => a.out = PathBuf::from(val()),
             "--bench" => {}
             "--help" | "-h" => {
                 println!(
                     "sidecar_vs_envoy [--duration 10s] [--warmup 1s] [--setups direct,sidecar,envoy] \
                      [--rate 1000] [--fixed-connections 8] [--connections 64] \
-                     [--envoy-concurrency 2] [--body-bytes 1024] [--out DIR]"
+                     [--envoy-concurrency 2] [--sidecar-concurrency 1] [--body-bytes 1024] [--grpc-message-bytes 1000] \
+                     [--max-load native|echo] [--out DIR]"
                 );
                 std::process::exit(0);
             }
@@ -510,6 +560,10 @@ struct Mesh {
     sidecar_static: bool,
     echo_bin: PathBuf,
     tokens: switchyard_ca::token::TokenAuthority,
+    /// The `message` size of every gRPC request.
+    grpc_message_bytes: usize,
+    max_load: MaxLoad,
+    sidecar_concurrency: u32,
 }
 
 fn manifests() -> Vec<String> {
@@ -530,9 +584,25 @@ fn manifests() -> Vec<String> {
 }
 
 impl Mesh {
-    fn start() -> anyhow::Result<Self> {
+    fn start(args: &Args) -> anyhow::Result<Self> {
+        if args.max_load == MaxLoad::Native {
+            for tool in ["wrk", "h2load"] {
+                which(tool).with_context(|| {
+                    format!(
+                        "{tool} not found: the max-rate load needs wrk and h2load \
+                         (scripts/setup.sh installs them: Debian packages wrk, nghttp2-client), \
+                         or pass --max-load echo"
+                    )
+                })?;
+            }
+        }
         let switchyard = release_binary("switchyard")?;
-        let sidecar_bin = release_binary("switchyard-sidecar")?;
+        // SIDECAR_BENCH_SIDECAR=<path> measures another build of the sidecar (A/B runs)
+        let sidecar_bin = match std::env::var_os("SIDECAR_BENCH_SIDECAR") {
+            Some(path) => std::fs::canonicalize(&path)
+                .with_context(|| format!("SIDECAR_BENCH_SIDECAR={}", Path::new(&path).display()))?,
+            None => release_binary("switchyard-sidecar")?,
+        };
         let sidecar_static = is_static_elf(&sidecar_bin)?;
         step(format!(
             "{}: {}",
@@ -545,9 +615,15 @@ impl Mesh {
             }
         ));
         let echo_bin = release_binary("switchyard-echo")?;
+        // SIDECAR_BENCH_KEEP=1 keeps the logs and configs for a look afterwards
+        let keep = std::env::var_os("SIDECAR_BENCH_KEEP").is_some();
         let dir = tempfile::Builder::new()
             .prefix("sidecar-vs-envoy")
+            .disable_cleanup(keep)
             .tempdir()?;
+        if keep {
+            step(format!("keeping {}", dir.path().display()));
+        }
 
         step("host: bridge sybr0 10.244.0.1/24 in the benchmark's private network namespace");
         for cmd in [
@@ -627,6 +703,9 @@ impl Mesh {
             sidecar_static,
             echo_bin,
             tokens,
+            grpc_message_bytes: args.grpc_message_bytes,
+            max_load: args.max_load,
+            sidecar_concurrency: args.sidecar_concurrency,
         })
     }
 
@@ -663,6 +742,7 @@ impl Mesh {
         .args(["--service-account", sa, "--pod-name", pod.name])
         .args(["--pod-ip", pod.ip])
         .args(["--ca-address", &self.xds(), "--xds-address", &self.xds()])
+        .args(["--concurrency", &self.sidecar_concurrency.to_string()])
         .env("RUST_LOG", "warn");
         pod.spawn(
             "switchyard-sidecar proxy",
@@ -757,8 +837,25 @@ impl Mesh {
         Ok(body)
     }
 
-    /// One `switchyard-echo load` run from the client pod; its JSON report.
+    /// One load run from the client pod; its report in `switchyard-echo load`'s JSON shape.
     fn load(
+        &self,
+        target: &Target,
+        pace: Pace,
+        connections: usize,
+        duration: Duration,
+    ) -> anyhow::Result<Value> {
+        match (pace, self.max_load, target) {
+            (Pace::Max, MaxLoad::Native, Target::Http(url)) => self.wrk(url, connections, duration),
+            (Pace::Max, MaxLoad::Native, Target::Grpc(addr)) => {
+                self.h2load(addr, connections, duration)
+            }
+            _ => self.echo_load(target, pace, connections, duration),
+        }
+    }
+
+    /// One `switchyard-echo load` run from the client pod; its JSON report.
+    fn echo_load(
         &self,
         target: &Target,
         pace: Pace,
@@ -769,7 +866,9 @@ impl Mesh {
         cmd.arg("load");
         match target {
             Target::Http(url) => cmd.args(["--http", url, "--host", HTTP_HOST]),
-            Target::Grpc(addr) => cmd.args(["--grpc", addr, "--host", GRPC_HOST]),
+            Target::Grpc(addr) => cmd
+                .args(["--grpc", addr, "--host", GRPC_HOST])
+                .args(["--message-bytes", &self.grpc_message_bytes.to_string()]),
         };
         cmd.args(["--duration", &format!("{}ms", duration.as_millis())])
             .args(["--connections", &connections.to_string()])
@@ -795,6 +894,92 @@ impl Mesh {
             )
         })
     }
+
+    /// Max-rate HTTP/1.1 from `wrk` on one thread, `connections` keep-alive connections;
+    /// a Lua `done` hook prints the counts and percentiles as one JSON line.
+    fn wrk(&self, url: &str, connections: usize, duration: Duration) -> anyhow::Result<Value> {
+        let script = self.dir.path().join("wrk-report.lua");
+        std::fs::write(&script, loadgen::WRK_REPORT_SCRIPT)?;
+        let mut cmd = Command::new("wrk");
+        cmd.args(["--threads", "1"])
+            .args(["--connections", &connections.to_string()])
+            .args(["--duration", &format!("{}s", duration.as_secs().max(1))])
+            .args(["--timeout", "5s"])
+            .args(["--header", &format!("Host: {HTTP_HOST}")])
+            .arg("--script")
+            .arg(&script)
+            .arg(url);
+        let stdout = self.run_tool("wrk", cmd)?;
+        loadgen::wrk_report(&stdout, url, connections)
+    }
+
+    /// Max-rate gRPC unary `Echo` from `h2load` (nghttp2) on one thread, one stream at a time
+    /// on each of `connections` HTTP/2 connections, the request framed by
+    /// [`loadgen::grpc_echo_request`]. One request first measures the size of an answer's
+    /// DATA, which tells answers from `grpc-status` failures (see [`loadgen::h2load_report`]);
+    /// latency percentiles come from h2load's per-request log.
+    fn h2load(&self, addr: &str, connections: usize, duration: Duration) -> anyhow::Result<Value> {
+        let body = self.dir.path().join("grpc-request.bin");
+        std::fs::write(&body, loadgen::grpc_echo_request(self.grpc_message_bytes))?;
+        let log = self.dir.path().join("h2load.log");
+        let url = format!("http://{addr}/switchyard.test.v1.Echo/Echo");
+        let h2load = |log: &Path, clients: usize, pace: &[String]| -> anyhow::Result<String> {
+            // h2load appends to its log: start each run from an empty one
+            if log.exists() {
+                std::fs::remove_file(log)?;
+            }
+            let mut cmd = Command::new("h2load");
+            cmd.args(["--threads", "1"])
+                .args(["--clients", &clients.to_string()])
+                .args(["--max-concurrent-streams", "1"])
+                .args(pace)
+                // a stuck stream ends its connection (an error) instead of idling it
+                .args(["--connection-inactivity-timeout", "5"])
+                .args(["--header", &format!(":authority: {GRPC_HOST}")])
+                .args(["--header", "content-type: application/grpc"])
+                .args(["--header", "te: trailers"])
+                .arg("--data")
+                .arg(&body)
+                .arg("--log-file")
+                .arg(log)
+                .arg(&url);
+            self.run_tool("h2load", cmd)
+        };
+        let probe = loadgen::parse_h2load(&h2load(&log, 1, &["--requests".into(), "1".into()])?)?;
+        if probe.succeeded != 1 || probe.data_bytes == 0 {
+            bail!("one gRPC request through h2load got no answer: {probe:?}");
+        }
+        let pace = [
+            "--duration".to_owned(),
+            duration.as_secs().max(1).to_string(),
+        ];
+        let summary = loadgen::parse_h2load(&h2load(&log, connections, &pace)?)?;
+        let latencies = loadgen::h2load_latencies(&std::fs::read_to_string(&log)?);
+        loadgen::h2load_report(&summary, latencies, probe.data_bytes, &url, connections)
+    }
+
+    /// Runs a load generator in the client pod; its standard output.
+    fn run_tool(&self, name: &str, mut cmd: Command) -> anyhow::Result<String> {
+        let out = self.client.run(|| cmd.output())?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "{name} failed ({}): {} {}",
+                out.status,
+                stdout.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(stdout)
+    }
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -979,7 +1164,7 @@ fn run_setup(mesh: &Mesh, args: &Args, setup: Setup, pad: &str) -> anyhow::Resul
         Ok(mesh.get(&http_url).is_ok())
     })?;
     wait_until("a gRPC answer through the path", READY_TIMEOUT, || {
-        let r = mesh.load(&grpc_target, Pace::Max, 1, Duration::from_millis(200))?;
+        let r = mesh.echo_load(&grpc_target, Pace::Max, 1, Duration::from_millis(200))?;
         Ok(r["ok"].as_u64().unwrap_or(0) > 0 && r["errors"].as_u64().unwrap_or(1) == 0)
     })?;
     let body = mesh.get(&http_url)?;
@@ -1168,8 +1353,11 @@ fn to_json(args: &Args, sidecar_static: bool, results: &[SetupResult]) -> Value 
         "fixed_connections": args.fixed_connections,
         "max_rate_connections": args.max_connections,
         "envoy_concurrency": args.envoy_concurrency,
+        "sidecar_concurrency": args.sidecar_concurrency,
         "sidecar_linkage": if sidecar_static { "static" } else { "dynamic" },
         "load_generator_threads": 1,
+        "max_rate_load_generator": args.max_load.name(),
+        "grpc_message_bytes": args.grpc_message_bytes,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "topology": "two pods, each its own network namespace, veth pairs on one bridge; \
                      control plane (switchyard serve) in the bench's private host namespace",
@@ -1483,7 +1671,7 @@ fn main() -> anyhow::Result<()> {
         args.fixed_connections,
         args.max_connections
     ));
-    let mesh = Mesh::start()?;
+    let mesh = Mesh::start(&args)?;
 
     // Pad the HTTP answer to ~body_bytes, measured without proxies.
     let base = mesh

@@ -1,6 +1,7 @@
 //! Shared setup of the cross-crate suites: a control plane serving a temporary manifest
 //! directory, and small HTTP helpers for its admin API.
 
+pub mod loadgen;
 pub mod local;
 pub mod sidecar;
 pub mod yardctl;

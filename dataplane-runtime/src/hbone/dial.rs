@@ -28,6 +28,7 @@ use super::ALPN_H2;
 use super::client::{ClientInner, HboneClientConfig};
 use super::error::DialError;
 use super::stats::HboneStats;
+use crate::coalesce::Coalesce;
 use crate::tls::{Expected, IdentityStore, TlsError, client_config, peer_identity};
 
 /// What a pooled connection is shared by: server address, expected server identity and the
@@ -240,14 +241,13 @@ impl Dial {
                 .keep_alive_timeout(self.config.keepalive_timeout)
                 .keep_alive_while_idle(true);
         }
-        let (sender, connection) =
-            builder
-                .handshake(TokioIo::new(io))
-                .await
-                .map_err(|e| DialError::Http2 {
-                    via,
-                    source: Arc::new(e),
-                })?;
+        let (sender, connection) = builder
+            .handshake(TokioIo::new(Coalesce::new(io)))
+            .await
+            .map_err(|e| DialError::Http2 {
+                via,
+                source: Arc::new(e),
+            })?;
         tokio::spawn(drive(connection, idle).in_current_span());
         Ok(Conn {
             id: self.id,

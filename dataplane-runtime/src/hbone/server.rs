@@ -30,6 +30,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::stats::HboneStats;
 use super::stream::Counted;
 use super::{ALPN_H2, REASON_HEADER};
+use crate::coalesce::Coalesce;
 use crate::tls::{IdentityStore, cert_info, server_config};
 
 /// A byte stream to a tunnel's target, as returned by [`InboundHandler::connect`]. Implemented
@@ -304,7 +305,8 @@ impl<H: InboundHandler> ServerInner<H> {
             let (server, peer, tasks) = (server.clone(), peer.clone(), stream_tasks.clone());
             async move { Ok::<_, Infallible>(server.handle(&peer, request, &tasks).await) }
         });
-        let mut connection = pin!(builder.serve_connection(TokioIo::new(tls), service));
+        let mut connection =
+            pin!(builder.serve_connection(TokioIo::new(Coalesce::new(tls)), service));
         let result = tokio::select! {
             result = connection.as_mut() => result,
             () = tasks.shutdown.cancelled() => {

@@ -28,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::debug;
 
 use super::circuit::{CircuitBreaker, CircuitGuard, Overloaded};
+use switchyard_dataplane_runtime::coalesce::Coalesce;
 use switchyard_dataplane_runtime::hbone::TargetStream;
 
 /// Boxed error of a proxied body.
@@ -351,7 +352,9 @@ impl Pool {
                 pending,
             } => {
                 let io = dial().await.map_err(SendError::Connect)?;
-                let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                // many streams on one connection: fewer, larger writes (`Coalesce`)
+                let io = TokioIo::new(Coalesce::new(io));
+                let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
                     .await
                     .map_err(SendError::Handshake)?;
                 drop(pending);

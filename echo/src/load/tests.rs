@@ -194,8 +194,9 @@ fn options_are_validated_all_at_once() {
     let mut options = LoadOptions::new(target, Duration::ZERO);
     options.connections = 0;
     options.rate = RateMode::Fixed { per_second: -1.0 };
+    options.grpc_message = "x".repeat(MAX_GRPC_MESSAGE + 1);
     let error = options.validate().unwrap_err().to_string();
-    for part in ["connections", "rate", "duration"] {
+    for part in ["connections", "rate", "duration", "gRPC message"] {
         assert!(error.contains(part), "{part} in {error}");
     }
 }

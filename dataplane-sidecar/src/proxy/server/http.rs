@@ -30,6 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng as _;
 #[cfg(test)]
 use std::time::Duration;
+use switchyard_dataplane_runtime::coalesce::Coalesce;
 use switchyard_dataplane_runtime::hbone::{HBONE_PORT, Peer};
 use switchyard_dataplane_runtime::tls::Expected;
 use tokio::time::Instant;
@@ -401,7 +402,6 @@ impl Proxy {
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.outbound_request(dst, req).await) }
         });
-        let io = TokioIo::new(io);
         // On shutdown, the connection finishes its requests in flight and closes (HTTP/1.1:
         // after the current response; HTTP/2: GOAWAY).
         let shutdown = self.shutdown.clone();
@@ -420,11 +420,13 @@ impl Proxy {
         }
         let result = match proto {
             Proto::Http1 => serve_gracefully!(
-                hyper::server::conn::http1::Builder::new().serve_connection(io, service)
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(io), service)
             ),
+            // Many streams on one connection: fewer, larger writes (`Coalesce`).
             Proto::Http2 => serve_gracefully!(
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(io, service)
+                    .serve_connection(TokioIo::new(Coalesce::new(io)), service)
             ),
         };
         result.map_err(ConnectionError::Http)
