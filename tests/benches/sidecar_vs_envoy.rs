@@ -1389,6 +1389,53 @@ fn to_json(args: &Args, sidecar_static: bool, results: &[SetupResult]) -> Value 
     })
 }
 
+/// The goals as ratios, sidecar against Envoy, for each `sidecar` setup and the
+/// `envoy` setup after it in `--setups` (`sidecar,envoy,sidecar,envoy` gives two pairs
+/// measured close together, which is what a drifting VM can be compared on).
+fn print_goals(results: &[SetupResult]) {
+    let direct = results.iter().find(|r| r.setup == Setup::Direct);
+    let mut pairs = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        if r.setup == Setup::Sidecar
+            && let Some(e) = results[i + 1..].iter().find(|e| e.setup == Setup::Envoy)
+        {
+            pairs.push((r, e));
+        }
+    }
+    let cpu = |r: &SetupResult, i: usize, role: &str| {
+        r.workloads[i]
+            .cpu_per_1k
+            .iter()
+            .find(|(name, _)| name == role)
+            .map_or(f64::NAN, |(_, v)| *v)
+    };
+    for (n, (sc, en)) in pairs.iter().enumerate() {
+        println!("\ngoals, pair {} (sidecar / Envoy):", n + 1);
+        for (i, w) in sc.workloads.iter().enumerate() {
+            let label = w.workload.name;
+            if w.workload.max {
+                println!(
+                    "  {label:<12} max rate {:.2}x (goal >= 2)",
+                    w.rate() / en.workloads[i].rate()
+                );
+            } else {
+                println!(
+                    "  {label:<12} +p50/hop {:.2}x (goal <= 0.33), CPU client {:.2}x, server {:.2}x (goal <= 0.5)",
+                    added_per_hop(sc, direct, i, "p50") / added_per_hop(en, direct, i, "p50"),
+                    cpu(sc, i, "client proxy") / cpu(en, i, "client proxy"),
+                    cpu(sc, i, "server proxy") / cpu(en, i, "server proxy"),
+                );
+            }
+        }
+        let rss = sc
+            .proxies
+            .iter()
+            .map(|p| p.fixed_rss_mib * 1.048_576)
+            .fold(0.0, f64::max);
+        println!("  RSS at the fixed rate, largest proxy {rss:.1} MB (goal <= 10 MB)");
+    }
+}
+
 fn print_table(results: &[SetupResult]) {
     let direct = results.iter().find(|r| r.setup == Setup::Direct);
     println!(
@@ -1711,6 +1758,7 @@ fn main() -> anyhow::Result<()> {
     step(format!("control plane peak RSS {rss_cp:.1} MiB"));
 
     print_table(&results);
+    print_goals(&results);
     std::fs::create_dir_all(&args.out)?;
     let json_path = args.out.join("sidecar_vs_envoy.json");
     std::fs::write(
