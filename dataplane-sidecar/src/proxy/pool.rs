@@ -77,6 +77,9 @@ pub struct Target<'a> {
     pub addr: SocketAddr,
     /// The cluster's circuit breaker.
     pub breaker: &'a CircuitBreaker,
+    /// Wrap a new HTTP/2 connection in [`Coalesce`]: for one on a socket, not one inside an
+    /// HBONE tunnel, whose connection coalesces already.
+    pub coalesce: bool,
 }
 
 type PerCluster<T> = HashMap<String, HashMap<SocketAddr, T>>;
@@ -353,8 +356,12 @@ impl Pool {
             } => {
                 let io = dial().await.map_err(SendError::Connect)?;
                 // many streams on one connection: fewer, larger writes (`Coalesce`)
-                let io = TokioIo::new(Coalesce::new(io));
-                let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+                let io: UpstreamIo = if target.coalesce {
+                    Box::new(Coalesce::new(io))
+                } else {
+                    io
+                };
+                let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                     .await
                     .map_err(SendError::Handshake)?;
                 drop(pending);

@@ -716,6 +716,7 @@ impl Proxy {
             cluster,
             addr,
             breaker: &upstream.breaker,
+            coalesce: !matches!(transport, Some(Transport::Hbone(_))),
         };
         // To a mesh endpoint, HTTP/2 inside the tunnel whatever the app speaks: one tunnel
         // per endpoint carries every request; the server's proxy speaks the app's protocol.
@@ -984,6 +985,7 @@ impl TunnelHandler {
             cluster: "inbound",
             addr: target,
             breaker: &self.inbound_breaker,
+            coalesce: true,
         };
         let result = self
             .pool
