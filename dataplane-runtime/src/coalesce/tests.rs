@@ -43,6 +43,12 @@ impl Wake for CountWakes {
     }
 }
 
+/// A waker that counts how often it is woken.
+fn counting_waker() -> (Arc<CountWakes>, std::task::Waker) {
+    let wakes = Arc::new(CountWakes::default());
+    (wakes.clone(), std::task::Waker::from(wakes))
+}
+
 fn write(c: &mut Coalesce<Writes>, cx: &mut Context<'_>, bytes: &[u8]) {
     match Pin::new(c).poll_write(cx, bytes) {
         Poll::Ready(Ok(n)) => assert_eq!(n, bytes.len()),
@@ -52,8 +58,7 @@ fn write(c: &mut Coalesce<Writes>, cx: &mut Context<'_>, bytes: &[u8]) {
 
 #[test]
 fn a_flush_waits_one_turn_then_writes_the_batch_at_once() {
-    let wakes = Arc::new(CountWakes::default());
-    let waker = std::task::Waker::from(wakes.clone());
+    let (wakes, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     let mut c = Coalesce::new(Writes::default());
 
@@ -86,8 +91,7 @@ fn a_flush_waits_one_turn_then_writes_the_batch_at_once() {
 
 #[test]
 fn a_flush_with_nothing_buffered_is_not_put_off() {
-    let wakes = Arc::new(CountWakes::default());
-    let waker = std::task::Waker::from(wakes.clone());
+    let (wakes, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     let mut c = Coalesce::new(Writes::default());
     assert!(Pin::new(&mut c).poll_flush(&mut cx).is_ready());
