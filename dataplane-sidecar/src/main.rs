@@ -23,11 +23,11 @@ use switchyard_dataplane_runtime::identity::{
 use switchyard_dataplane_runtime::tls::{IdentityStore, TrustBundle};
 use switchyard_dataplane_runtime::xds::follow_bundle;
 use switchyard_dataplane_sidecar::capture::{self, CaptureConfig};
-use switchyard_dataplane_sidecar::config::{Follower, FollowerOptions, SidecarNode};
+use switchyard_dataplane_sidecar::config::{ConfigReader, Follower, FollowerOptions, SidecarNode};
 use switchyard_dataplane_sidecar::proxy::copy::CopyConfig;
 use switchyard_dataplane_sidecar::proxy::detect::{DetectConfig, Detector};
 use switchyard_dataplane_sidecar::proxy::server::{
-    HttpMetrics, Proxy, ProxyMetrics, ProxySettings,
+    HttpMetrics, MAX_WORKERS, Proxy, ProxyMetrics, ProxySettings, TunnelHandler,
 };
 use switchyard_model::SpiffeId;
 use switchyard_protos::envoy::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
@@ -197,13 +197,14 @@ struct ProxyArgs {
     /// (`benches/sidecar_vs_envoy.rs`, HTTP/1.1, one thread).
     #[arg(long, env = "SWITCHYARD_HTTP2_UPGRADE", default_value_t = false, action = clap::ArgAction::Set)]
     http2_upgrade: bool,
-    /// Worker threads (Envoy's `--concurrency`); 0: one per CPU. One by default: a per-pod
-    /// proxy carries one pod's traffic, and on one thread (tokio's current-thread
-    /// scheduler) a request crosses no thread boundary (at 1,000 req/s, 40 % less CPU per
-    /// request than two workers on this 2-core machine, with the same max rate;
-    /// `benches/sidecar_vs_envoy.rs`).
-    #[arg(long, env = "SWITCHYARD_CONCURRENCY", default_value_t = 1)]
-    concurrency: usize,
+    /// Worker threads (Envoy's `--concurrency`); 0: one per CPU; at most 256. Each worker
+    /// is a thread with its own single-threaded runtime and its own `SO_REUSEPORT` listeners
+    /// (the kernel spreads connections over them) and connection pools, so a request never
+    /// crosses threads; configuration, balancers, circuit breakers, the retry budget and the
+    /// counters are shared. One by default: a per-pod proxy carries one pod's traffic.
+    #[arg(long, env = "SWITCHYARD_CONCURRENCY", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(0..=256))]
+    concurrency: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -224,22 +225,14 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(sds_agent(*args)),
-        Command::Proxy(args) => {
-            // One worker: tokio's current-thread scheduler, on the main thread. The
-            // multi-thread scheduler with one worker would still run `proxy` itself (the
-            // accept loops) on the main thread and every connection's task on the worker,
-            // so each accept and each wake-up from the I/O driver crosses threads.
-            let mut runtime = if args.concurrency == 1 {
-                tokio::runtime::Builder::new_current_thread()
-            } else {
-                let mut runtime = tokio::runtime::Builder::new_multi_thread();
-                if args.concurrency > 0 {
-                    runtime.worker_threads(args.concurrency);
-                }
-                runtime
-            };
-            runtime.enable_all().build()?.block_on(proxy(*args))
-        }
+        // Worker 0 and the control tasks (identity, xDS, admin) run on the main thread, on
+        // tokio's current-thread scheduler; `proxy` starts the other workers' threads. (The
+        // multi-thread scheduler was measured: work stealing and cross-thread wake-ups cost
+        // about 45 % more CPU per request on this 2-core machine, for no higher max rate.)
+        Command::Proxy(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(proxy(*args)),
     }
 }
 
@@ -543,16 +536,37 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let hbone_server = HboneServer::new(&store, proxy.tunnel_handler());
     let hbone_server_stats = hbone_server.stats();
 
-    let bind = |addr: SocketAddr, what: &'static str| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for {what}"))
+    let workers = match args.concurrency {
+        0 => std::thread::available_parallelism()
+            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(MAX_WORKERS))
+            .min(MAX_WORKERS),
+        n => n,
     };
-    let outbound = bind(args.outbound_address, "outbound capture").await?;
-    let inbound = bind(args.inbound_address, "inbound capture").await?;
-    let hbone = bind(args.hbone_address, "HBONE").await?;
-    let admin = bind(args.admin_address, "admin").await?;
-    let metrics_listener = bind(args.metrics_address, "metrics").await?;
+    // Worker 0 is served on this thread; the others get their proxy (own pools) now, their
+    // thread once everything is bound.
+    let worker_proxies: Vec<Arc<Proxy>> = (1..workers).map(|w| proxy.fork(w)).collect();
+    // Every worker's capture listeners are bound here, at once, so a port clash fails the
+    // start. Several workers: one socket each in an `SO_REUSEPORT` group per port.
+    let reuse_port = workers > 1;
+    let mut capture_listeners = Vec::with_capacity(worker_proxies.len() + 1);
+    for _ in 0..workers {
+        capture_listeners.push(CaptureListeners {
+            outbound: bind_listener(args.outbound_address, reuse_port, "outbound capture")?,
+            inbound: bind_listener(args.inbound_address, reuse_port, "inbound capture")?,
+            hbone: bind_listener(args.hbone_address, reuse_port, "HBONE")?,
+        });
+    }
+    let mut capture_listeners = capture_listeners.into_iter();
+    let Some(CaptureListeners {
+        outbound,
+        inbound,
+        hbone,
+    }) = capture_listeners.next()
+    else {
+        bail!("no worker to serve the listeners");
+    };
+    let admin = bind_listener(args.admin_address, false, "admin")?;
+    let metrics_listener = bind_listener(args.metrics_address, false, "metrics")?;
 
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -587,6 +601,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         let ready_store = store.clone();
         let ready_proxy = proxy.clone();
         let stats_proxy = proxy.clone();
+        let stats_workers = worker_proxies.clone();
         let stats_config = config.clone();
         let dump_config = config.clone();
         let dump_store = store.clone();
@@ -671,11 +686,11 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
                     let client = stats_proxy.hbone().stats().snapshot();
                     let server = hbone_server_stats.snapshot();
                     let _ = writeln!(out, "hbone_client: {client:?}");
-                    let _ = writeln!(
-                        out,
-                        "hbone_client_pooled: {}",
-                        stats_proxy.hbone().pooled_connections()
-                    );
+                    let pooled: usize = std::iter::once(&stats_proxy)
+                        .chain(&stats_workers)
+                        .map(|p| p.hbone().pooled_connections())
+                        .sum();
+                    let _ = writeln!(out, "hbone_client_pooled: {pooled}");
                     let _ = writeln!(out, "hbone_server: {server:?}");
                     let status = stats_config.status();
                     let _ = writeln!(
@@ -699,6 +714,19 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     tokio::spawn(proxy.clone().serve_outbound(outbound));
     tokio::spawn(proxy.clone().serve_inbound_plaintext(inbound));
     let shutdown = CancellationToken::new();
+    let mut workers_drained = Vec::with_capacity(worker_proxies.len());
+    for (worker, listeners) in worker_proxies.into_iter().zip(capture_listeners) {
+        workers_drained.push(
+            start_worker(
+                worker,
+                &hbone_server,
+                listeners,
+                config.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        );
+    }
     let hbone_task = {
         let shutdown = shutdown.clone();
         let config = config.clone();
@@ -714,6 +742,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         outbound = %args.outbound_address,
         inbound = %args.inbound_address,
         hbone = %args.hbone_address,
+        workers,
         "proxy started; accepting once the configuration is ready"
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -728,7 +757,111 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let grace = Duration::from_secs(args.drain_seconds);
     info!(grace_s = args.drain_seconds, "shutting down: draining");
     shutdown.cancel();
-    let (left, _) = tokio::join!(proxy.drain(grace), tokio::time::timeout(grace, hbone_task));
+    let hbone_drained = async {
+        let _ = hbone_task.await;
+        for drained in workers_drained {
+            let _ = drained.await;
+        }
+    };
+    let (left, _) = tokio::join!(
+        proxy.drain(grace),
+        tokio::time::timeout(grace, hbone_drained)
+    );
     info!(connections_cut = left, "drained");
     Ok(())
+}
+
+/// One worker's capture listeners.
+struct CaptureListeners {
+    outbound: tokio::net::TcpListener,
+    inbound: tokio::net::TcpListener,
+    hbone: tokio::net::TcpListener,
+}
+
+/// A listening socket on `addr` (tokio's settings: `SO_REUSEADDR`, backlog 1024), in an
+/// `SO_REUSEPORT` group when `reuse_port`.
+fn bind_listener(
+    addr: SocketAddr,
+    reuse_port: bool,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .with_context(|| format!("cannot open a socket for {what}"))?;
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket
+            .set_reuseport(true)
+            .with_context(|| format!("SO_REUSEPORT on the {what} socket"))?;
+    }
+    socket
+        .bind(addr)
+        .and_then(|()| socket.listen(1024))
+        .with_context(|| format!("cannot listen on {addr} for {what}"))
+}
+
+/// Starts worker `proxy.worker()` on a thread of its own, with its own single-threaded
+/// runtime serving `listeners`. Returns once it is running; the receiver fires when its
+/// HBONE server has drained (after `shutdown`).
+async fn start_worker(
+    proxy: Arc<Proxy>,
+    hbone_server: &HboneServer<TunnelHandler>,
+    listeners: CaptureListeners,
+    config: ConfigReader,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    let worker = proxy.worker();
+    let hbone_server = hbone_server.with_handler(proxy.tunnel_handler());
+    // A listener is registered with one runtime's I/O driver: hand the sockets over bare.
+    let (outbound, inbound, hbone) = (
+        listeners.outbound.into_std()?,
+        listeners.inbound.into_std()?,
+        listeners.hbone.into_std()?,
+    );
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("worker-{worker}"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = started_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let adopt = |l: std::net::TcpListener| tokio::net::TcpListener::from_std(l);
+                let (outbound, inbound, hbone) =
+                    match (adopt(outbound), adopt(inbound), adopt(hbone)) {
+                        (Ok(o), Ok(i), Ok(h)) => (o, i, h),
+                        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                            let _ = started_tx.send(Err(e.into()));
+                            return;
+                        }
+                    };
+                let _ = started_tx.send(Ok(()));
+                tokio::spawn(proxy.clone().serve_outbound(outbound));
+                tokio::spawn(proxy.serve_inbound_plaintext(inbound));
+                if config.ready().await.is_some() {
+                    hbone_server.serve(hbone, shutdown).await;
+                }
+                let _ = drained_tx.send(());
+                // The connections of this worker are tasks of this runtime: keep it running
+                // until the process exits (the main thread decides when, after the drain).
+                std::future::pending::<()>().await
+            });
+        })
+        .context("starting a worker thread")?;
+    started_rx
+        .await
+        .with_context(|| format!("worker {worker} ended while starting"))?
+        .with_context(|| format!("starting worker {worker}"))?;
+    Ok(drained_rx)
 }

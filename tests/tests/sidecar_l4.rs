@@ -118,6 +118,13 @@ fn client_reaches_the_echo_vip_through_both_proxies_over_hbone() {
 }
 
 #[test]
+fn two_workers_share_connections_and_drain_together() {
+    if let Some(rt) = private_pods("two_workers_share_connections_and_drain_together") {
+        rt.block_on(two_workers());
+    }
+}
+
+#[test]
 fn service_connection_limits_refuse_the_excess_and_free_on_completion() {
     if let Some(rt) =
         private_pods("service_connection_limits_refuse_the_excess_and_free_on_completion")
@@ -406,4 +413,127 @@ async fn run() {
         std::fs::read_to_string(&client.log).unwrap_or_default()
     );
     drop(server.child);
+}
+
+/// The value of the `/stats` line `name: N` (0 when absent).
+fn stat(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `--concurrency 2`: each proxy runs two worker threads, each with its own `SO_REUSEPORT`
+/// listeners and pools. 32 client connections are spread over both of the client proxy's
+/// workers (all on one: a 2^-31 chance), every request is answered by the app, and a SIGTERM
+/// drains the requests in flight on both workers before the proxy exits.
+async fn two_workers() {
+    let cp = ControlPlane::start(&[(
+        "mesh.yaml",
+        vec![
+            namespace("default", Some("sidecar")),
+            service("default", "echo", VIP, &[http_port(8080, 18080)]),
+            pod("default", "client-0", "client", CLIENT_IP),
+            pod("default", "echo-1", "echo", SERVER_IP),
+        ],
+    )])
+    .await
+    .unwrap();
+    let _echo = EchoProcess::start(
+        "echo-1",
+        Some(format!("{SERVER_IP}:18080").parse().unwrap()),
+        None,
+    )
+    .await
+    .unwrap();
+    let two = ["--concurrency", "2"];
+    let server = SidecarProcess::start_with(&cp, "echo-1", "echo", SERVER_IP, "127.0.0.2", &two);
+    let client =
+        SidecarProcess::start_with(&cp, "client-0", "client", CLIENT_IP, "127.0.0.1", &two);
+    for p in [&server, &client] {
+        eventually(WAIT, "the proxy to be ready", || async {
+            match http(p.admin, "GET", "/ready").await {
+                Ok((200, _)) => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+    }
+    assert!(client.log().contains("workers=2"), "{}", client.log());
+
+    let vip: SocketAddr = format!("{VIP}:8080").parse().unwrap();
+    let answers: Vec<_> = (0..32)
+        .map(|_| tokio::spawn(get_path_via_vip(vip, "/slow?delay_ms=50")))
+        .collect();
+    for a in answers {
+        let a = a.await.unwrap().unwrap();
+        assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+        assert!(a.contains("\"backend\":\"echo-1\""), "{a}");
+    }
+    let (_, stats) = http(client.admin, "GET", "/stats").await.unwrap();
+    let (w0, w1) = (
+        stat(&stats, "worker_0_outbound"),
+        stat(&stats, "worker_1_outbound"),
+    );
+    assert_eq!(w0 + w1, 32, "{stats}");
+    assert!(
+        w0 > 0 && w1 > 0,
+        "one worker took every connection\n{stats}"
+    );
+    assert_eq!(
+        stat(&stats, "outbound_failed"),
+        0,
+        "{stats}\n{}",
+        client.log()
+    );
+    let (_, server_stats) = http(server.admin, "GET", "/stats").await.unwrap();
+    assert_eq!(
+        stat(&server_stats, "worker_0_hbone_tunnel") + stat(&server_stats, "worker_1_hbone_tunnel"),
+        stat(&server_stats, "inbound_hbone_forwarded"),
+        "{server_stats}"
+    );
+    assert!(
+        stat(&server_stats, "inbound_hbone_forwarded") >= 1,
+        "{server_stats}"
+    );
+    let (code, metrics) = http("127.0.0.1:15020".parse().unwrap(), "GET", "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains(&format!(
+            "switchyard_sidecar_worker_accepted_total{{worker=\"1\",kind=\"outbound\"}} {w1}"
+        )),
+        "{metrics}"
+    );
+
+    // Drain: slow requests in flight on both workers (8 connections: all on one worker is a
+    // 1-in-128 chance) all complete after SIGTERM, and the proxy exits cleanly.
+    let slow: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(get_path_via_vip(vip, "/slow?delay_ms=1500")))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pid = client.child.id().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (code, body) = http(client.admin, "GET", "/ready").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        get_via_vip(vip).await.is_err(),
+        "a new connection was accepted while draining"
+    );
+    for a in slow {
+        let a = a.await.unwrap().unwrap();
+        assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    }
+    let mut client = client;
+    let status = tokio::time::timeout(Duration::from_secs(6), client.child.wait())
+        .await
+        .expect("the proxy did not exit within its grace period")
+        .unwrap();
+    assert!(status.success(), "{status}\n{}", client.log());
 }

@@ -116,6 +116,22 @@ impl HboneClient {
         }
     }
 
+    /// A client with this one's identity, settings and counters but a pool of its own. A
+    /// pooled connection is driven by a task on the runtime that dialed it, so a dataplane
+    /// running one runtime per worker thread gives each worker its own fork: a tunnel then
+    /// never waits on another thread.
+    pub fn fork(&self) -> Self {
+        HboneClient {
+            inner: Arc::new(ClientInner {
+                store: self.inner.store.clone(),
+                config: self.inner.config.clone(),
+                stats: self.inner.stats.clone(),
+                pool: Mutex::default(),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
     /// The client's counters (shared with every clone).
     pub fn stats(&self) -> Arc<HboneStats> {
         self.inner.stats.clone()

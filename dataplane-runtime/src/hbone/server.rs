@@ -214,6 +214,19 @@ impl<H: InboundHandler> HboneServer<H> {
         }
     }
 
+    /// A server with this one's TLS settings, configuration and counters but deciding with
+    /// `handler`: one per worker thread, each serving its own `SO_REUSEPORT` listener.
+    pub fn with_handler<H2: InboundHandler>(&self, handler: H2) -> HboneServer<H2> {
+        HboneServer {
+            inner: Arc::new(ServerInner {
+                handler,
+                config: self.inner.config.clone(),
+                tls: self.inner.tls.clone(),
+                stats: self.inner.stats.clone(),
+            }),
+        }
+    }
+
     /// The server's counters.
     pub fn stats(&self) -> Arc<HboneStats> {
         self.inner.stats.clone()

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use rand::Rng as _;
 use switchyard_dataplane_runtime::hbone::{
@@ -121,6 +123,21 @@ pub struct ProxyMetrics {
     pub inbound_hbone_forwarded: Counter,
     /// Inbound connections and requests refused by authorization policy.
     pub inbound_rbac_denied: Counter,
+    /// Connections and HBONE tunnels each worker thread took (Envoy's per-worker
+    /// `downstream_cx_total`): shows how `SO_REUSEPORT` spread the load.
+    pub worker_accepted: Family<WorkerLabels, Counter>,
+}
+
+/// The most worker threads a proxy runs ([`Proxy::fork`]).
+pub const MAX_WORKERS: u32 = 256;
+
+/// Labels of [`ProxyMetrics::worker_accepted`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WorkerLabels {
+    /// The worker thread, from 0.
+    pub worker: u32,
+    /// `outbound`, `inbound_plaintext` or `hbone_tunnel`.
+    pub kind: &'static str,
 }
 
 impl ProxyMetrics {
@@ -215,12 +232,31 @@ impl ProxyMetrics {
         for (name, help, counter) in self.each() {
             registry.register(format!("switchyard_sidecar_{name}"), help, counter.clone());
         }
+        registry.register(
+            "switchyard_sidecar_worker_accepted",
+            "connections (outbound, inbound_plaintext) and HBONE tunnels (hbone_tunnel) each worker thread took",
+            self.worker_accepted.clone(),
+        );
+    }
+
+    /// Counts one connection or tunnel of `kind` taken by `worker`.
+    fn count_worker(&self, worker: u32, kind: &'static str) {
+        self.worker_accepted
+            .get_or_create(&WorkerLabels { worker, kind })
+            .inc();
     }
 
     /// `name: value` lines, for `/stats`.
     pub fn render(&self, out: &mut String) {
         for (name, _, counter) in self.each() {
             let _ = writeln!(out, "{name}: {}", counter.get());
+        }
+        for worker in 0..MAX_WORKERS {
+            for kind in ["outbound", "inbound_plaintext", "hbone_tunnel"] {
+                if let Some(n) = self.worker_accepted.get(&WorkerLabels { worker, kind }) {
+                    let _ = writeln!(out, "worker_{worker}_{kind}: {}", n.get());
+                }
+            }
         }
     }
 }
@@ -345,6 +381,8 @@ pub struct TunnelHandler {
     inbound_breaker: CircuitBreaker,
     metrics: ProxyMetrics,
     http_metrics: HttpMetrics,
+    /// The worker thread serving this handler's tunnels.
+    worker: u32,
 }
 
 impl TunnelHandler {
@@ -366,6 +404,17 @@ impl TunnelHandler {
             inbound_breaker: CircuitBreaker::default(),
             metrics,
             http_metrics,
+            worker: 0,
+        }
+    }
+
+    /// The handler for worker thread `worker`: everything shared but the pool of connections
+    /// to the app, whose tasks run on the worker's own runtime.
+    fn fork(&self, worker: u32) -> Self {
+        TunnelHandler {
+            pool: Arc::new(Pool::default()),
+            worker,
+            ..self.clone()
         }
     }
 
@@ -425,6 +474,7 @@ impl InboundHandler for TunnelHandler {
             .current()
             .is_some_and(|c| c.inbound(target.port()).is_some_and(|p| p.http));
         self.metrics.inbound_hbone_forwarded.inc();
+        self.metrics.count_worker(self.worker, "hbone_tunnel");
         if http {
             // The tunnel itself is served by the in-process HTTP server that forwards each
             // request to the app with the caller's identity.
@@ -451,14 +501,17 @@ pub struct Proxy {
     metrics: ProxyMetrics,
     http_metrics: HttpMetrics,
     pool: Arc<Pool>,
-    retry_budget: RetryBudget,
+    retry_budget: Arc<RetryBudget>,
     detector: Detector,
     /// The inbound side (HBONE tunnels and plaintext HTTP ports).
     inbound: TunnelHandler,
     /// Cancelled when the proxy drains: the listeners stop accepting.
     shutdown: CancellationToken,
-    /// Connections being served.
+    /// Connections being served (by every worker).
     connections: TaskTracker,
+    /// The worker thread whose listeners this proxy serves: 0, or the number given to
+    /// [`Proxy::fork`].
+    worker: u32,
 }
 
 impl Proxy {
@@ -488,9 +541,38 @@ impl Proxy {
             metrics,
             http_metrics,
             pool: Arc::new(Pool::default()),
-            retry_budget: RetryBudget::new(RetryBudgetConfig::default()),
+            retry_budget: Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
             detector,
+            worker: 0,
         })
+    }
+
+    /// The proxy of another worker thread (Envoy's `--concurrency`): it shares the
+    /// configuration, balancers, circuit breakers, retry budget, counters and drain with this
+    /// one, and owns what is driven by tasks on its thread's runtime: the pools of upstream
+    /// connections and of HBONE connections. Serve it from that thread, on its own
+    /// `SO_REUSEPORT` listeners.
+    pub fn fork(self: &Arc<Self>, worker: u32) -> Arc<Self> {
+        Arc::new(Proxy {
+            settings: self.settings.clone(),
+            config: self.config.clone(),
+            hbone: self.hbone.fork(),
+            upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
+            http_metrics: self.http_metrics.clone(),
+            pool: Arc::new(Pool::default()),
+            retry_budget: self.retry_budget.clone(),
+            detector: self.detector.clone(),
+            inbound: self.inbound.fork(worker),
+            shutdown: self.shutdown.clone(),
+            connections: self.connections.clone(),
+            worker,
+        })
+    }
+
+    /// Which worker thread this proxy serves.
+    pub fn worker(&self) -> u32 {
+        self.worker
     }
 
     /// Every cluster's balancer and breaker (for metrics and `/stats`).
@@ -642,10 +724,14 @@ impl Proxy {
                     let result = match side {
                         Side::Outbound => {
                             proxy.metrics.outbound_accepted.inc();
+                            proxy.metrics.count_worker(proxy.worker, "outbound");
                             proxy.outbound(stream).await
                         }
                         Side::InboundPlaintext => {
                             proxy.metrics.inbound_plaintext_accepted.inc();
+                            proxy
+                                .metrics
+                                .count_worker(proxy.worker, "inbound_plaintext");
                             proxy.inbound_plaintext(stream).await
                         }
                     };
