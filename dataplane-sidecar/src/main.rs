@@ -546,7 +546,10 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     // thread once everything is bound.
     let worker_proxies: Vec<Arc<Proxy>> = (1..workers).map(|w| proxy.fork(w)).collect();
     // Every worker's capture listeners are bound here, at once, so a port clash fails the
-    // start. Several workers: one socket each in an `SO_REUSEPORT` group per port.
+    // start. Several workers: one socket each in an `SO_REUSEPORT` group per port (then only
+    // a clash with a socket without `SO_REUSEPORT`, or of another user, fails the start; a
+    // second proxy of the same user with several workers would share the ports, as two
+    // Envoys with `enable_reuse_port` do).
     let reuse_port = workers > 1;
     let mut capture_listeners = Vec::with_capacity(worker_proxies.len() + 1);
     for _ in 0..workers {
@@ -731,7 +734,11 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         let config = config.clone();
         tokio::spawn(async move {
-            if config.ready().await.is_some() {
+            let ready = tokio::select! {
+                ready = config.ready() => ready.is_some(),
+                () = shutdown.cancelled() => false,
+            };
+            if ready {
                 hbone_server.serve(hbone, shutdown).await;
             }
         })
@@ -791,7 +798,9 @@ fn bind_listener(
         tokio::net::TcpSocket::new_v6()
     }
     .with_context(|| format!("cannot open a socket for {what}"))?;
-    socket.set_reuseaddr(true)?;
+    socket
+        .set_reuseaddr(true)
+        .with_context(|| format!("SO_REUSEADDR on the {what} socket"))?;
     if reuse_port {
         socket
             .set_reuseport(true)
@@ -817,10 +826,12 @@ async fn start_worker(
     let hbone_server = hbone_server.with_handler(proxy.tunnel_handler());
     // A listener is registered with one runtime's I/O driver: hand the sockets over bare.
     let (outbound, inbound, hbone) = (
-        listeners.outbound.into_std()?,
-        listeners.inbound.into_std()?,
-        listeners.hbone.into_std()?,
+        listeners.outbound.into_std(),
+        listeners.inbound.into_std(),
+        listeners.hbone.into_std(),
     );
+    let (outbound, inbound, hbone) = (|| Ok::<_, std::io::Error>((outbound?, inbound?, hbone?)))()
+        .with_context(|| format!("handing worker {worker} its listeners"))?;
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -849,8 +860,15 @@ async fn start_worker(
                 let _ = started_tx.send(Ok(()));
                 tokio::spawn(proxy.clone().serve_outbound(outbound));
                 tokio::spawn(proxy.serve_inbound_plaintext(inbound));
-                if config.ready().await.is_some() {
+                let ready = tokio::select! {
+                    ready = config.ready() => ready.is_some(),
+                    () = shutdown.cancelled() => false,
+                };
+                if ready {
                     hbone_server.serve(hbone, shutdown).await;
+                } else {
+                    // Out of the SO_REUSEPORT group: no connection may wait on it unserved.
+                    drop(hbone);
                 }
                 let _ = drained_tx.send(());
                 // The connections of this worker are tasks of this runtime: keep it running

@@ -42,9 +42,10 @@
 //! requests of each workload. The load generator and the echo app run on one thread each
 //! (`--threads 1`, `wrk --threads 1`, `h2load --threads 1`): they share the 2 cores with the
 //! proxies, and the less they take the more the max rate measures the proxies. The sidecar
-//! binary's linkage is reported: `scripts/build-release.sh` links it statically. Envoy runs
-//! with `--concurrency 2` and the sidecar with `--concurrency 1` (its default) unless
-//! `--envoy-concurrency` / `--sidecar-concurrency` say otherwise.
+//! binary's linkage is reported: `scripts/build-release.sh` links it statically. Both proxies
+//! run with the same number of worker threads, `--concurrency 2` (Istio's default for its
+//! sidecars) unless `--envoy-concurrency` says otherwise; `--sidecar-concurrency` sets the
+//! sidecar's apart.
 //!
 //! ```text
 //! scripts/build-release.sh
@@ -100,7 +101,8 @@ struct Args {
     fixed_connections: usize,
     max_connections: usize,
     envoy_concurrency: u32,
-    sidecar_concurrency: u32,
+    /// `None`: Envoy's.
+    sidecar_concurrency: Option<u32>,
     body_bytes: usize,
     grpc_message_bytes: usize,
     max_load: MaxLoad,
@@ -168,7 +170,7 @@ fn parse_args() -> Args {
         fixed_connections: 8,
         max_connections: 64,
         envoy_concurrency: 2,
-        sidecar_concurrency: 1,
+        sidecar_concurrency: None,
         body_bytes: 1024,
         grpc_message_bytes: 1000,
         max_load: MaxLoad::Native,
@@ -200,7 +202,7 @@ fn parse_args() -> Args {
                 a.envoy_concurrency = val().parse().expect("--envoy-concurrency N")
             }
             "--sidecar-concurrency" => {
-                a.sidecar_concurrency = val().parse().expect("--sidecar-concurrency N")
+                a.sidecar_concurrency = Some(val().parse().expect("--sidecar-concurrency N"))
             }
             "--body-bytes" => a.body_bytes = val().parse().expect("--body-bytes N"),
             "--grpc-message-bytes" => {
@@ -219,7 +221,7 @@ fn parse_args() -> Args {
                 println!(
                     "sidecar_vs_envoy [--duration 10s] [--warmup 1s] [--setups direct,sidecar,envoy] \
                      [--rate 1000] [--fixed-connections 8] [--connections 64] \
-                     [--envoy-concurrency 2] [--sidecar-concurrency 1] [--body-bytes 1024] [--grpc-message-bytes 1000] \
+                     [--envoy-concurrency 2] [--sidecar-concurrency <Envoy's>] [--body-bytes 1024] [--grpc-message-bytes 1000] \
                      [--max-load native|echo] [--out DIR]"
                 );
                 std::process::exit(0);
@@ -705,7 +707,7 @@ impl Mesh {
             tokens,
             grpc_message_bytes: args.grpc_message_bytes,
             max_load: args.max_load,
-            sidecar_concurrency: args.sidecar_concurrency,
+            sidecar_concurrency: args.sidecar_concurrency.unwrap_or(args.envoy_concurrency),
         })
     }
 
@@ -1104,9 +1106,10 @@ fn run_setup(mesh: &Mesh, args: &Args, setup: Setup, pad: &str) -> anyhow::Resul
                 })?;
             }
             step(format!(
-                "proxies: switchyard-sidecar proxy pids {} (client) and {} (server), ready",
+                "proxies: switchyard-sidecar proxy pids {} (client) and {} (server), --concurrency {}, ready",
                 measured[0].process.pid(),
-                measured[1].process.pid()
+                measured[1].process.pid(),
+                args.sidecar_concurrency.unwrap_or(args.envoy_concurrency)
             ));
         }
         Setup::Envoy => {
@@ -1353,7 +1356,7 @@ fn to_json(args: &Args, sidecar_static: bool, results: &[SetupResult]) -> Value 
         "fixed_connections": args.fixed_connections,
         "max_rate_connections": args.max_connections,
         "envoy_concurrency": args.envoy_concurrency,
-        "sidecar_concurrency": args.sidecar_concurrency,
+        "sidecar_concurrency": args.sidecar_concurrency.unwrap_or(args.envoy_concurrency),
         "sidecar_linkage": if sidecar_static { "static" } else { "dynamic" },
         "load_generator_threads": 1,
         "max_rate_load_generator": args.max_load.name(),

@@ -9,7 +9,10 @@
 //! pooled connection to turn idle or a connection to close, and closes one idle connection of
 //! the cluster to another endpoint to make room. An endpoint with no connection at all gets
 //! one even at the limit (counted as an overflow), as in Envoy, so no endpoint starves behind
-//! busy or HTTP/2 connections to others. Dialing (plain TCP with the proxy mark, or an
+//! busy or HTTP/2 connections to others. With several worker threads each has its own pool
+//! (a connection is driven by a task of the runtime that dialed it) while the limits are
+//! shared: the pools of one [`PoolGroup`] close each other's idle connections to make room.
+//! Dialing (plain TCP with the proxy mark, or an
 //! HBONE tunnel) is the caller's: [`Pool::send`] calls the dialer when it may open a
 //! connection.
 
@@ -17,7 +20,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -91,6 +94,30 @@ pub struct Pool {
     h2: Mutex<PerCluster<http2::SendRequest<Body>>>,
     /// Connections being dialed or open, per endpoint.
     open: Mutex<PerCluster<usize>>,
+    /// The pools of the other worker threads, under the same limits.
+    group: Weak<PoolGroup>,
+}
+
+/// The pools of every worker thread of one side (outbound or inbound), whose connections
+/// count against the same circuit breakers: a request waiting for a connection slot closes
+/// an idle HTTP/1.1 connection of the cluster in any of them.
+#[derive(Debug, Default)]
+pub struct PoolGroup {
+    pools: Mutex<Vec<Weak<Pool>>>,
+}
+
+impl PoolGroup {
+    /// A new pool of the group, for one worker thread.
+    pub fn join(self: &Arc<Self>) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            group: Arc::downgrade(self),
+            ..Pool::default()
+        });
+        let mut pools = lock(&self.pools);
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(&pool));
+        pool
+    }
 }
 
 /// One connection counted in [`Pool::open`] until dropped.
@@ -191,18 +218,39 @@ impl Pool {
         None
     }
 
-    /// Closes one idle HTTP/1.1 connection of the cluster to another endpoint, so that its
-    /// connection slot frees (when its task ends). Returns whether one was closed.
+    /// Closes one idle HTTP/1.1 connection of the cluster, so that its connection slot
+    /// frees (when its task ends): one to another endpoint in this pool, else one to any
+    /// endpoint in another worker's pool of the group (this pool's idle connections to
+    /// `target` itself would have been reused). Returns whether one was closed.
     fn close_idle_elsewhere(&self, target: &Target<'_>) -> bool {
-        let mut idle = lock(&self.h1_idle);
-        let Some(endpoints) = idle.get_mut(target.cluster) else {
+        if self.close_idle(target.cluster, Some(target.addr)) {
+            return true;
+        }
+        let Some(group) = self.group.upgrade() else {
             return false;
         };
-        endpoints
-            .iter_mut()
-            .filter(|(addr, _)| **addr != target.addr)
-            .find_map(|(_, list)| list.pop())
-            .is_some()
+        let others: Vec<Arc<Pool>> = lock(&group.pools)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|p| !std::ptr::eq(Arc::as_ptr(p), self))
+            .collect();
+        others.iter().any(|p| p.close_idle(target.cluster, None))
+    }
+
+    /// Drops one idle HTTP/1.1 sender of `cluster` (not to `except`): its connection's task
+    /// then ends, on whichever runtime drives it.
+    fn close_idle(&self, cluster: &str, except: Option<SocketAddr>) -> bool {
+        let closed = {
+            let mut idle = lock(&self.h1_idle);
+            let Some(endpoints) = idle.get_mut(cluster) else {
+                return false;
+            };
+            endpoints
+                .iter_mut()
+                .filter(|(addr, _)| Some(**addr) != except)
+                .find_map(|(_, list)| list.pop())
+        };
+        closed.is_some()
     }
 
     /// Counts a connection to `target` being dialed.

@@ -45,7 +45,7 @@ use super::circuit::{CircuitBreaker, CircuitLimits, Overloaded};
 use super::copy::{CopyConfig, CopyError, CopyStats, copy_bidirectional};
 use super::detect::{Detector, Prefixed, Protocol};
 use super::original_dst::{OriginalDstError, original_dst};
-use super::pool::{Pool, Proto};
+use super::pool::{Pool, PoolGroup, Proto};
 use super::retry::{RetryBudget, RetryBudgetConfig};
 use crate::config::rbac::{RbacInput, RbacLayer, evaluate};
 use crate::config::route::RouteAction;
@@ -377,6 +377,8 @@ pub struct TunnelHandler {
     connect_timeout: Duration,
     config: ConfigReader,
     pool: Arc<Pool>,
+    /// Every worker's pool of connections to the app.
+    pools: Arc<PoolGroup>,
     /// Limits of the connections to the app (Envoy's defaults).
     inbound_breaker: CircuitBreaker,
     metrics: ProxyMetrics,
@@ -393,14 +395,16 @@ impl TunnelHandler {
         metrics: ProxyMetrics,
         http_metrics: HttpMetrics,
     ) -> Self {
+        let pools = Arc::new(PoolGroup::default());
         TunnelHandler {
+            pool: pools.join(),
+            pools,
             pod_ip: settings.pod_ip,
             trust_domain: settings.trust_domain.clone(),
             identity: settings.identity.clone(),
             mark: settings.mark,
             connect_timeout: settings.connect_timeout,
             config,
-            pool: Arc::new(Pool::default()),
             inbound_breaker: CircuitBreaker::default(),
             metrics,
             http_metrics,
@@ -412,7 +416,7 @@ impl TunnelHandler {
     /// to the app, whose tasks run on the worker's own runtime.
     fn fork(&self, worker: u32) -> Self {
         TunnelHandler {
-            pool: Arc::new(Pool::default()),
+            pool: self.pools.join(),
             worker,
             ..self.clone()
         }
@@ -501,6 +505,8 @@ pub struct Proxy {
     metrics: ProxyMetrics,
     http_metrics: HttpMetrics,
     pool: Arc<Pool>,
+    /// Every worker's pool of upstream connections.
+    pools: Arc<PoolGroup>,
     retry_budget: Arc<RetryBudget>,
     detector: Detector,
     /// The inbound side (HBONE tunnels and plaintext HTTP ports).
@@ -530,7 +536,10 @@ impl Proxy {
             metrics.clone(),
             http_metrics.clone(),
         );
+        let pools = Arc::new(PoolGroup::default());
         Arc::new(Proxy {
+            pool: pools.join(),
+            pools,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             inbound,
@@ -540,7 +549,6 @@ impl Proxy {
             upstreams: Arc::new(ArcSwap::from_pointee(HashMap::new())),
             metrics,
             http_metrics,
-            pool: Arc::new(Pool::default()),
             retry_budget: Arc::new(RetryBudget::new(RetryBudgetConfig::default())),
             detector,
             worker: 0,
@@ -560,7 +568,8 @@ impl Proxy {
             upstreams: self.upstreams.clone(),
             metrics: self.metrics.clone(),
             http_metrics: self.http_metrics.clone(),
-            pool: Arc::new(Pool::default()),
+            pool: self.pools.join(),
+            pools: self.pools.clone(),
             retry_budget: self.retry_budget.clone(),
             detector: self.detector.clone(),
             inbound: self.inbound.fork(worker),
@@ -703,6 +712,8 @@ impl Proxy {
         info!(addr = ?listener.local_addr().ok(), side = side.name(), "listener accepting");
         loop {
             let accepted = tokio::select! {
+                // Shutdown first: nothing is accepted once the drain has begun.
+                biased;
                 () = self.shutdown.cancelled() => {
                     info!(side = side.name(), "listener closed: draining");
                     return;

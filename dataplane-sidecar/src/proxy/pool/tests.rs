@@ -194,6 +194,47 @@ async fn an_idle_connection_to_another_endpoint_is_closed_to_make_room() {
     assert_eq!(breaker.snapshot().connections.refused, 1, "it waited once");
 }
 
+/// Two workers' pools under one connection limit: worker A's idle connection to x is
+/// closed to make room for worker B's second connection to y (without the group B would
+/// wait for its busy connection and reuse it: y would see one connection).
+#[tokio::test]
+async fn an_idle_connection_of_another_workers_pool_is_closed_to_make_room() {
+    let x = server(Duration::ZERO).await;
+    let y = server(Duration::from_millis(500)).await;
+    let group = Arc::new(PoolGroup::default());
+    let (a, b) = (group.join(), group.join());
+    let breaker = limits(2, 1);
+    assert_eq!(get(&a, &breaker, x.addr).await.unwrap(), 200);
+    wait_pooled(&a, 1).await;
+    let busy = tokio::spawn({
+        let (b, breaker) = (b.clone(), breaker.clone());
+        async move { get(&b, &breaker, y.addr).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), get(&b, &breaker, y.addr))
+        .await
+        .expect("the second request to y waited forever");
+    assert_eq!(answer.unwrap(), 200);
+    assert_eq!(busy.await.unwrap().unwrap(), 200);
+    for _ in 0..100 {
+        if x.closed.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        x.closed.load(Ordering::SeqCst),
+        1,
+        "worker A's idle connection to x closed"
+    );
+    assert_eq!(
+        y.accepted.load(Ordering::SeqCst),
+        2,
+        "B dialed a second connection"
+    );
+    assert_eq!(a.pooled(), 0);
+}
+
 #[tokio::test]
 async fn no_pending_slots_refuses_requests_that_need_a_new_connection() {
     let s = server(Duration::ZERO).await;
