@@ -1395,16 +1395,31 @@ fn to_json(args: &Args, sidecar_static: bool, results: &[SetupResult]) -> Value 
 /// The issue's goals as ratios, sidecar against Envoy, for each `sidecar` setup and the
 /// `envoy` setup after it in `--setups` (`sidecar,envoy,sidecar,envoy` gives two pairs
 /// measured close together, which is what a drifting VM can be compared on).
-fn print_goals(results: &[SetupResult]) {
-    let direct = results.iter().find(|r| r.setup == Setup::Direct);
-    let mut pairs = Vec::new();
-    for (i, r) in results.iter().enumerate() {
-        if r.setup == Setup::Sidecar
-            && let Some(e) = results[i + 1..].iter().find(|e| e.setup == Setup::Envoy)
-        {
-            pairs.push((r, e));
+/// One goal of the issue as a sidecar/Envoy ratio (RSS: MB) in one pair of setups.
+struct Goal {
+    what: String,
+    value: f64,
+    limit: f64,
+    /// `value >= limit` is the goal (max rate); else `value <= limit`.
+    at_least: bool,
+}
+
+impl Goal {
+    fn met(&self) -> bool {
+        if self.at_least {
+            self.value >= self.limit
+        } else {
+            self.value <= self.limit
         }
     }
+
+    fn goal(&self) -> String {
+        format!("{} {}", if self.at_least { ">=" } else { "<=" }, self.limit)
+    }
+}
+
+/// The goals of one sidecar setup against the Envoy setup measured after it.
+fn goals(sc: &SetupResult, en: &SetupResult, direct: Option<&SetupResult>) -> Vec<Goal> {
     let cpu = |r: &SetupResult, i: usize, role: &str| {
         r.workloads[i]
             .cpu_per_1k
@@ -1412,30 +1427,96 @@ fn print_goals(results: &[SetupResult]) {
             .find(|(name, _)| name == role)
             .map_or(f64::NAN, |(_, v)| *v)
     };
-    for (n, (sc, en)) in pairs.iter().enumerate() {
-        println!("\ngoals, pair {} (sidecar / Envoy):", n + 1);
-        for (i, w) in sc.workloads.iter().enumerate() {
-            let label = w.workload.name;
-            if w.workload.max {
-                println!(
-                    "  {label:<12} max rate {:.2}x (goal >= 2)",
-                    w.rate() / en.workloads[i].rate()
-                );
-            } else {
-                println!(
-                    "  {label:<12} +p50/hop {:.2}x (goal <= 0.33), CPU client {:.2}x, server {:.2}x (goal <= 0.5)",
-                    added_per_hop(sc, direct, i, "p50") / added_per_hop(en, direct, i, "p50"),
-                    cpu(sc, i, "client proxy") / cpu(en, i, "client proxy"),
-                    cpu(sc, i, "server proxy") / cpu(en, i, "server proxy"),
-                );
+    let mut out = Vec::new();
+    for (i, w) in sc.workloads.iter().enumerate() {
+        let label = w.workload.name;
+        if w.workload.max {
+            out.push(Goal {
+                what: format!("{label} max rate"),
+                value: w.rate() / en.workloads[i].rate(),
+                limit: 2.0,
+                at_least: true,
+            });
+        } else {
+            out.push(Goal {
+                what: format!("{label} +p50/hop"),
+                value: added_per_hop(sc, direct, i, "p50") / added_per_hop(en, direct, i, "p50"),
+                limit: 0.33,
+                at_least: false,
+            });
+            for role in ["client proxy", "server proxy"] {
+                out.push(Goal {
+                    what: format!("{label} CPU {}", role.trim_end_matches(" proxy")),
+                    value: cpu(sc, i, role) / cpu(en, i, role),
+                    limit: 0.5,
+                    at_least: false,
+                });
             }
         }
-        let rss = sc
+    }
+    out.push(Goal {
+        what: "RSS at the fixed rate, largest proxy, MB".into(),
+        value: sc
             .proxies
             .iter()
             .map(|p| p.fixed_rss_mib * 1.048_576)
-            .fold(0.0, f64::max);
-        println!("  RSS at the fixed rate, largest proxy {rss:.1} MB (goal <= 10 MB)");
+            .fold(0.0, f64::max),
+        limit: 10.0,
+        at_least: false,
+    });
+    out
+}
+
+/// The issue's goals as sidecar/Envoy ratios for each `sidecar` setup and the `envoy` setup
+/// after it; with several pairs, each goal's median, range and how many pairs met it.
+fn print_goals(results: &[SetupResult]) {
+    let direct = results.iter().find(|r| r.setup == Setup::Direct);
+    let mut pairs = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        if r.setup == Setup::Sidecar
+            && let Some(e) = results[i + 1..].iter().find(|e| e.setup == Setup::Envoy)
+        {
+            pairs.push(goals(r, e, direct));
+        }
+    }
+    for (n, pair) in pairs.iter().enumerate() {
+        println!("\ngoals, pair {} (sidecar / Envoy):", n + 1);
+        for g in pair {
+            println!(
+                "  {:<40} {:>6.2}  (goal {}){}",
+                g.what,
+                g.value,
+                g.goal(),
+                if g.met() { "" } else { "  MISSED" }
+            );
+        }
+    }
+    if pairs.len() < 2 {
+        return;
+    }
+    println!(
+        "\ngoals over {} pairs: median (min-max), pairs that met it",
+        pairs.len()
+    );
+    for (i, g) in pairs[0].iter().enumerate() {
+        let mut values: Vec<f64> = pairs.iter().map(|p| p[i].value).collect();
+        values.sort_by(f64::total_cmp);
+        let mid = values.len() / 2;
+        let median = if values.len() % 2 == 1 {
+            values[mid]
+        } else {
+            (values[mid - 1] + values[mid]) / 2.0
+        };
+        let met = pairs.iter().filter(|p| p[i].met()).count();
+        println!(
+            "  {:<40} {:>6.2} ({:.2}-{:.2})  goal {}: {met} of {}",
+            g.what,
+            median,
+            values[0],
+            values[values.len() - 1],
+            g.goal(),
+            pairs.len()
+        );
     }
 }
 
