@@ -1316,6 +1316,8 @@ fn hbone_checks(mesh: &Mesh, setup: Setup) -> Value {
             json!({
                 "client_outbound_hbone": sum(&c, "outbound_hbone", ""),
                 "client_outbound_failed": sum(&c, "outbound_failed", ""),
+                // Load generators stopping with requests in flight.
+                "client_outbound_client_closed": sum(&c, "outbound_client_closed", ""),
                 "server_inbound_hbone_forwarded": sum(&s, "inbound_hbone_forwarded", ""),
             })
         }

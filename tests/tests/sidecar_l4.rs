@@ -338,6 +338,20 @@ async fn run() {
         "{metrics}"
     );
 
+    // A client that closes with half a request sent is counted as gone, not as a failure.
+    let mut half = tokio::net::TcpStream::connect(vip).await.unwrap();
+    half.write_all(b"GET /hello HTTP/1.1\r\nHost: echo\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(half);
+    let stats = eventually(WAIT, "the half request to be counted", || async {
+        let (_, stats) = http(client.admin, "GET", "/stats").await.ok()?;
+        stats.contains("outbound_client_closed: 1").then_some(stats)
+    })
+    .await;
+    assert!(stats.contains("outbound_failed: 0"), "{stats}");
+
     // /config_dump: what the proxy accepted, in Envoy's layout, secrets without the key
     let (code, dump) = http(client.admin, "GET", "/config_dump?include_eds")
         .await

@@ -105,6 +105,9 @@ pub struct ProxyMetrics {
     pub outbound_no_route: Counter,
     /// Outbound connections that failed (no endpoint, connect or copy failure).
     pub outbound_failed: Counter,
+    /// Outbound HTTP connections the client closed or reset with a request unfinished
+    /// (Envoy's `downstream_cx_destroy_remote_active_rq`): the client's doing, not a failure.
+    pub outbound_client_closed: Counter,
     /// Outbound connections to an HTTP chain, carried as opaque TCP.
     pub outbound_http_as_tcp: Counter,
     /// Plaintext inbound connections accepted.
@@ -142,7 +145,7 @@ pub struct WorkerLabels {
 
 impl ProxyMetrics {
     /// Name (without `switchyard_sidecar_` and `_total`), help and counter of each.
-    fn each(&self) -> [(&'static str, &'static str, &Counter); 16] {
+    fn each(&self) -> [(&'static str, &'static str, &Counter); 17] {
         [
             (
                 "outbound_accepted",
@@ -178,6 +181,11 @@ impl ProxyMetrics {
                 "outbound_failed",
                 "outbound connections that failed",
                 &self.outbound_failed,
+            ),
+            (
+                "outbound_client_closed",
+                "outbound HTTP connections the client closed with a request unfinished",
+                &self.outbound_client_closed,
             ),
             (
                 "outbound_http_as_tcp",
@@ -328,6 +336,44 @@ pub enum ConnectionError {
         #[source]
         source: Overloaded,
     },
+}
+
+impl ConnectionError {
+    /// Whether the client side of the connection went away mid-request: it closed before a
+    /// request was complete, or reset the connection. Only HTTP serving errors qualify:
+    /// upstream failures become answers (`502`, `503`), never a connection error.
+    pub fn client_gone(&self) -> bool {
+        let ConnectionError::Http(e) = self else {
+            return false;
+        };
+        if e.is_incomplete_message() {
+            return true;
+        }
+        let mut source = std::error::Error::source(e);
+        while let Some(err) = source {
+            let kind = err
+                .downcast_ref::<io::Error>()
+                .map(io::Error::kind)
+                .or_else(|| {
+                    err.downcast_ref::<h2::Error>()
+                        .and_then(h2::Error::get_io)
+                        .map(io::Error::kind)
+                });
+            if matches!(
+                kind,
+                Some(
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::UnexpectedEof
+                )
+            ) {
+                return true;
+            }
+            source = err.source();
+        }
+        false
+    }
 }
 
 /// One cluster's runtime state: endpoint picking and limits. Clones share both.
@@ -749,6 +795,9 @@ impl Proxy {
                     if let Err(e) = result {
                         proxy.count_failure(side, &e);
                         match side {
+                            Side::Outbound if e.client_gone() => {
+                                debug!(error = %e, "outbound connection closed by the client mid-request")
+                            }
                             Side::Outbound => warn!(error = %e, "outbound connection failed"),
                             // Refusals (STRICT, unconfigured ports) are policy, not faults.
                             Side::InboundPlaintext => {
@@ -767,6 +816,7 @@ impl Proxy {
         let counter = match (side, e) {
             (Side::Outbound, ConnectionError::Loop(_)) => &m.outbound_loops,
             (Side::Outbound, ConnectionError::NoRoute(_)) => &m.outbound_no_route,
+            (Side::Outbound, e) if e.client_gone() => &m.outbound_client_closed,
             (Side::Outbound, _) => &m.outbound_failed,
             (Side::InboundPlaintext, ConnectionError::Strict(_)) => &m.inbound_strict_refused,
             (Side::InboundPlaintext, ConnectionError::Denied(_)) => &m.inbound_rbac_denied,

@@ -137,3 +137,43 @@ fn loops_are_own_ports_on_local_addresses() {
     assert!(!s.is_own_listener("10.0.0.8:15001".parse().unwrap()));
     assert!(!s.is_own_listener("127.0.0.1:8080".parse().unwrap()));
 }
+
+/// A client that sends half a request and closes: hyper's serving error counts as the client
+/// gone (`outbound_client_closed`), not as a proxy failure; other errors do not.
+#[tokio::test]
+async fn a_client_closing_mid_request_is_told_apart_from_failures() {
+    use tokio::io::AsyncWriteExt as _;
+    let (mut client, server) = tokio::io::duplex(4096);
+    let serving = tokio::spawn(async move {
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(server),
+                hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Empty::<bytes::Bytes>::new(),
+                    ))
+                }),
+            )
+            .await
+    });
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: echo\r\n")
+        .await
+        .unwrap();
+    drop(client);
+    let e = ConnectionError::Http(serving.await.unwrap().unwrap_err());
+    assert!(e.client_gone(), "{e:?}");
+    assert!(!ConnectionError::NoRoute("10.0.0.1:80".parse().unwrap()).client_gone());
+    let reset = ConnectionError::Copy(CopyError {
+        client_to_server: 0,
+        server_to_client: 0,
+        source: io::Error::from(io::ErrorKind::ConnectionReset),
+    });
+    assert!(!reset.client_gone(), "only HTTP serving errors qualify");
+
+    let metrics = ProxyMetrics::default();
+    let mut stats = String::new();
+    metrics.outbound_client_closed.inc();
+    metrics.render(&mut stats);
+    assert!(stats.contains("outbound_client_closed: 1"), "{stats}");
+}
