@@ -23,6 +23,7 @@
 # per request at 1,000 req/s -20 to -30 %, p50 -15 to -25 %, RSS -0.5 MiB (hot code packed
 # together); CPU per request at max rate -10 to -15 %. The profile comes from a timed run, so
 # a PGO build is not byte-reproducible; SWITCHYARD_PGO=0 skips PGO (so does not being root).
+# Only the two proxies' profiles are merged: the profile covers the proxy, not `init`.
 # It needs rustup's llvm-tools (llvm-profdata matching rustc's LLVM), added here if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,14 +36,21 @@ sidecar() {
         -- -C target-feature=+crt-static
 }
 
+# Without PGO: drop a PGO copy first, so cargo links its own artefact again even when it is
+# up to date.
+plain_sidecar() {
+    rm -f "$root/target/release/switchyard-sidecar"
+    sidecar
+}
+
 if [[ "${SWITCHYARD_PGO:-1}" == 0 ]]; then
     echo "build-release: SWITCHYARD_PGO=0: sidecar without profile-guided optimisation" >&2
-    sidecar
+    plain_sidecar
     exit 0
 fi
 if [[ $(id -u) != 0 ]]; then
     echo "build-release: not root, so no PGO training run (it runs pods in network namespaces); sidecar without profile-guided optimisation" >&2
-    sidecar
+    plain_sidecar
     exit 0
 fi
 
@@ -57,7 +65,8 @@ pgo=$root/target/pgo
 rm -rf "$pgo"
 mkdir -p "$pgo/raw"
 echo "build-release: PGO 1/3: instrumented sidecar (target/pgo-gen)" >&2
-RUSTFLAGS="-Cprofile-generate=$pgo/raw" CARGO_TARGET_DIR=$root/target/pgo-gen sidecar
+# CARGO_ENCODED_RUSTFLAGS: a path with spaces stays one flag (it replaces any RUSTFLAGS).
+CARGO_ENCODED_RUSTFLAGS="-Cprofile-generate=$pgo/raw" CARGO_TARGET_DIR=$root/target/pgo-gen sidecar
 # Build scripts were instrumented too and left profiles of their own.
 rm -f "$pgo"/raw/*
 
@@ -65,13 +74,25 @@ echo "build-release: PGO 2/3: training run (the benchmark's sidecar setup, 5 s p
 LLVM_PROFILE_FILE="$pgo/raw/%p-%m.profraw" \
     SIDECAR_BENCH_SIDECAR=$root/target/pgo-gen/release/switchyard-sidecar \
     cargo bench -p switchyard-tests --bench sidecar_vs_envoy -- \
-    --duration 5s --warmup 1s --setups sidecar --out "$pgo/train"
-shopt -s nullglob
-profiles=("$pgo"/raw/*.profraw)
-if (( ${#profiles[@]} == 0 )); then
-    echo "build-release: the training run left no profile (did the proxies exit on SIGTERM?)" >&2
+    --duration 5s --warmup 1s --setups sidecar --out "$pgo/train" 2>&1 | tee "$pgo/train.log"
+# A profile is written only at a clean exit: both proxies must have left theirs (the
+# capture's `init` runs always do, and a profile of those alone would mark the whole proxy
+# path cold).
+pids=$(grep -o 'proxy pids [0-9]* (client) and [0-9]*' "$pgo/train.log" | grep -o '[0-9]*' || true)
+if [[ $(wc -w <<<"$pids") != 2 ]]; then
+    echo "build-release: the training run did not report its proxies' pids" >&2
     exit 1
 fi
+shopt -s nullglob
+profiles=()
+for pid in $pids; do
+    found=("$pgo/raw/$pid"-*.profraw)
+    if (( ${#found[@]} == 0 )); then
+        echo "build-release: proxy $pid left no profile (killed instead of exiting on SIGTERM?)" >&2
+        exit 1
+    fi
+    profiles+=("${found[@]}")
+done
 "$profdata" merge -o "$pgo/merged.profdata" "${profiles[@]}"
 # Named by its hash: cargo tracks RUSTFLAGS, not the profile's content, so a new profile
 # must change the flags for every crate to be rebuilt with it.
@@ -79,6 +100,8 @@ profile="$pgo/sidecar-$(sha256sum "$pgo/merged.profdata" | cut -c1-16).profdata"
 mv "$pgo/merged.profdata" "$profile"
 
 echo "build-release: PGO 3/3: optimised sidecar (target/pgo-use -> target/release)" >&2
-RUSTFLAGS="-Cprofile-use=$profile" CARGO_TARGET_DIR=$root/target/pgo-use sidecar
-cp "$root/target/pgo-use/release/switchyard-sidecar" "$root/target/release/switchyard-sidecar"
+CARGO_ENCODED_RUSTFLAGS="-Cprofile-use=$profile" CARGO_TARGET_DIR=$root/target/pgo-use sidecar
+# A new file, not a write through cargo's hard link to its own (non-PGO) artefact.
+cp --remove-destination "$root/target/pgo-use/release/switchyard-sidecar" \
+    "$root/target/release/switchyard-sidecar"
 echo "build-release: done; target/release/switchyard-sidecar is the PGO build" >&2

@@ -407,6 +407,7 @@ impl Drop for Proc {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            step(format!("pid {pid} still running 3 s after SIGTERM: killed"));
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
@@ -745,6 +746,9 @@ impl Mesh {
         .args(["--pod-ip", pod.ip])
         .args(["--ca-address", &self.xds(), "--xds-address", &self.xds()])
         .args(["--concurrency", &self.sidecar_concurrency.to_string()])
+        // Drained well within the 3 s a stopped process gets (like Envoy's drain time
+        // below): a proxy that exits cleanly writes its PGO profile when built to.
+        .args(["--drain-seconds", "1"])
         .env("RUST_LOG", "warn");
         pod.spawn(
             "switchyard-sidecar proxy",

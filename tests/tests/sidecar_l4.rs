@@ -347,7 +347,7 @@ async fn run() {
     drop(half);
     let stats = eventually(WAIT, "the half request to be counted", || async {
         let (_, stats) = http(client.admin, "GET", "/stats").await.ok()?;
-        stats.contains("outbound_client_closed: 1").then_some(stats)
+        (stat(&stats, "outbound_client_closed") == 1).then_some(stats)
     })
     .await;
     assert!(stats.contains("outbound_failed: 0"), "{stats}");

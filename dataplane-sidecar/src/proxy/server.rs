@@ -340,8 +340,11 @@ pub enum ConnectionError {
 
 impl ConnectionError {
     /// Whether the client side of the connection went away mid-request: it closed before a
-    /// request was complete, or reset the connection. Only HTTP serving errors qualify:
-    /// upstream failures become answers (`502`, `503`), never a connection error.
+    /// request was complete, or reset the connection. Only errors of the downstream
+    /// connection itself qualify: an upstream failure before the answer becomes a `502` or
+    /// `503`, and one in the middle of an answer's body is a `User` error of the downstream
+    /// connection (the body it was sending failed), whose source chain holds the upstream's
+    /// I/O error; that stays a failure.
     pub fn client_gone(&self) -> bool {
         let ConnectionError::Http(e) = self else {
             return false;
@@ -349,8 +352,15 @@ impl ConnectionError {
         if e.is_incomplete_message() {
             return true;
         }
+        if e.is_user() {
+            return false;
+        }
         let mut source = std::error::Error::source(e);
         while let Some(err) = source {
+            // Another HTTP error below this one is not the downstream socket's.
+            if err.is::<hyper::Error>() {
+                return false;
+            }
             let kind = err
                 .downcast_ref::<io::Error>()
                 .map(io::Error::kind)

@@ -171,6 +171,36 @@ async fn a_client_closing_mid_request_is_told_apart_from_failures() {
     });
     assert!(!reset.client_gone(), "only HTTP serving errors qualify");
 
+    // An answer whose body fails midway (the upstream reset it) is not the client's doing,
+    // although an I/O error of that kind is in the chain.
+    let (mut client, server) = tokio::io::duplex(4096);
+    let serving = tokio::spawn(async move {
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(server),
+                hyper::service::service_fn(|_req| async {
+                    let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, io::Error>> = vec![
+                        Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"part"))),
+                        Err(io::Error::from(io::ErrorKind::ConnectionReset)),
+                    ];
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::StreamBody::new(futures::stream::iter(frames)),
+                    ))
+                }),
+            )
+            .await
+    });
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let e = ConnectionError::Http(serving.await.unwrap().unwrap_err());
+    assert!(
+        !e.client_gone(),
+        "an upstream body failure counted as the client gone: {e:?}"
+    );
+    drop(client);
+
     let metrics = ProxyMetrics::default();
     let mut stats = String::new();
     metrics.outbound_client_closed.inc();
