@@ -83,8 +83,15 @@ fn private_pods(test: &str) -> Option<tokio::runtime::Runtime> {
     )
 }
 
-/// The echo app, its sidecar and the client's sidecar, both ready.
-async fn start_pods(cp: &ControlPlane) -> (EchoProcess, SidecarProcess, SidecarProcess) {
+/// HTTP/1.1 goes as HTTP/2 in one tunnel per endpoint (checked in `run`); the other suites
+/// run the default, a tunnel per upstream HTTP/1.1 connection.
+const UPGRADE: [&str; 2] = ["--http2-upgrade", "true"];
+
+/// The echo app, its sidecar and the client's sidecar (both with `proxy_args`), both ready.
+async fn start_pods(
+    cp: &ControlPlane,
+    proxy_args: &[&str],
+) -> (EchoProcess, SidecarProcess, SidecarProcess) {
     let echo = EchoProcess::start(
         "echo-1",
         Some(format!("{SERVER_IP}:18080").parse().unwrap()),
@@ -92,12 +99,10 @@ async fn start_pods(cp: &ControlPlane) -> (EchoProcess, SidecarProcess, SidecarP
     )
     .await
     .unwrap();
-    // HTTP/1.1 goes as HTTP/2 in one tunnel per endpoint here (checked below); the other
-    // suites run the default, a tunnel per upstream HTTP/1.1 connection.
-    let upgrade = ["--http2-upgrade", "true"];
-    let server = SidecarProcess::start_with(cp, "echo-1", "echo", SERVER_IP, "127.0.0.2", &upgrade);
+    let server =
+        SidecarProcess::start_with(cp, "echo-1", "echo", SERVER_IP, "127.0.0.2", proxy_args);
     let client =
-        SidecarProcess::start_with(cp, "client-0", "client", CLIENT_IP, "127.0.0.1", &upgrade);
+        SidecarProcess::start_with(cp, "client-0", "client", CLIENT_IP, "127.0.0.1", proxy_args);
     for p in [&server, &client] {
         eventually(WAIT, "the proxy to be ready", || async {
             match http(p.admin, "GET", "/ready").await {
@@ -158,7 +163,7 @@ async fn limits() {
     )])
     .await
     .unwrap();
-    let (_echo, server, client) = start_pods(&cp).await;
+    let (_echo, server, client) = start_pods(&cp, &UPGRADE).await;
     let http_vip: SocketAddr = format!("{VIP}:8080").parse().unwrap();
     eventually(WAIT, "an answer through the proxies", || async {
         get_via_vip(http_vip)
@@ -265,7 +270,7 @@ async fn run() {
     )])
     .await
     .unwrap();
-    let (_echo, server, client) = start_pods(&cp).await;
+    let (_echo, server, client) = start_pods(&cp, &UPGRADE).await;
 
     // opaque TCP port, then an HTTP port (served by the HTTP data path)
     for (port, proxied_as) in [(7070, "outbound_hbone: 1"), (8080, "http1: 1")] {
@@ -453,26 +458,7 @@ async fn two_workers() {
     )])
     .await
     .unwrap();
-    let _echo = EchoProcess::start(
-        "echo-1",
-        Some(format!("{SERVER_IP}:18080").parse().unwrap()),
-        None,
-    )
-    .await
-    .unwrap();
-    let two = ["--concurrency", "2"];
-    let server = SidecarProcess::start_with(&cp, "echo-1", "echo", SERVER_IP, "127.0.0.2", &two);
-    let client =
-        SidecarProcess::start_with(&cp, "client-0", "client", CLIENT_IP, "127.0.0.1", &two);
-    for p in [&server, &client] {
-        eventually(WAIT, "the proxy to be ready", || async {
-            match http(p.admin, "GET", "/ready").await {
-                Ok((200, _)) => Some(()),
-                _ => None,
-            }
-        })
-        .await;
-    }
+    let (_echo, server, client) = start_pods(&cp, &["--concurrency", "2"]).await;
     assert!(client.log().contains("workers=2"), "{}", client.log());
 
     let vip: SocketAddr = format!("{VIP}:8080").parse().unwrap();

@@ -160,21 +160,25 @@ async fn an_endpoint_without_connections_gets_one_at_the_limit_as_an_overflow() 
     assert_eq!(snap.connections.active, 2);
 }
 
-#[tokio::test]
-async fn an_idle_connection_to_another_endpoint_is_closed_to_make_room() {
+/// x's one idle connection is pooled in `idle`; y's only connection, from `asking`, is busy,
+/// and a second request to y from `asking` needs a second connection under `breaker`'s limit
+/// of 2. Returns x and y once both y requests are answered and x's connection (if closed)
+/// is seen closed.
+async fn make_room_for_y(
+    idle: &Arc<Pool>,
+    asking: &Arc<Pool>,
+    breaker: &CircuitBreaker,
+) -> (Server, Server) {
     let x = server(Duration::ZERO).await;
     let y = server(Duration::from_millis(500)).await;
-    let pool = Arc::new(Pool::default());
-    let breaker = limits(2, 1);
-    assert_eq!(get(&pool, &breaker, x.addr).await.unwrap(), 200);
-    wait_pooled(&pool, 1).await;
-    // y's only connection is busy; a second request to y needs a second connection
+    assert_eq!(get(idle, breaker, x.addr).await.unwrap(), 200);
+    wait_pooled(idle, 1).await;
     let busy = tokio::spawn({
-        let (pool, breaker) = (pool.clone(), breaker.clone());
-        async move { get(&pool, &breaker, y.addr).await }
+        let (asking, breaker) = (asking.clone(), breaker.clone());
+        async move { get(&asking, &breaker, y.addr).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let answer = tokio::time::timeout(Duration::from_secs(5), get(&pool, &breaker, y.addr))
+    let answer = tokio::time::timeout(Duration::from_secs(5), get(asking, breaker, y.addr))
         .await
         .expect("the second request to y waited forever");
     assert_eq!(answer.unwrap(), 200);
@@ -185,6 +189,14 @@ async fn an_idle_connection_to_another_endpoint_is_closed_to_make_room() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    (x, y)
+}
+
+#[tokio::test]
+async fn an_idle_connection_to_another_endpoint_is_closed_to_make_room() {
+    let pool = Arc::new(Pool::default());
+    let breaker = limits(2, 1);
+    let (x, y) = make_room_for_y(&pool, &pool, &breaker).await;
     assert_eq!(
         x.closed.load(Ordering::SeqCst),
         1,
@@ -199,29 +211,10 @@ async fn an_idle_connection_to_another_endpoint_is_closed_to_make_room() {
 /// wait for its busy connection and reuse it: y would see one connection).
 #[tokio::test]
 async fn an_idle_connection_of_another_workers_pool_is_closed_to_make_room() {
-    let x = server(Duration::ZERO).await;
-    let y = server(Duration::from_millis(500)).await;
     let group = Arc::new(PoolGroup::default());
     let (a, b) = (group.join(), group.join());
     let breaker = limits(2, 1);
-    assert_eq!(get(&a, &breaker, x.addr).await.unwrap(), 200);
-    wait_pooled(&a, 1).await;
-    let busy = tokio::spawn({
-        let (b, breaker) = (b.clone(), breaker.clone());
-        async move { get(&b, &breaker, y.addr).await }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let answer = tokio::time::timeout(Duration::from_secs(5), get(&b, &breaker, y.addr))
-        .await
-        .expect("the second request to y waited forever");
-    assert_eq!(answer.unwrap(), 200);
-    assert_eq!(busy.await.unwrap().unwrap(), 200);
-    for _ in 0..100 {
-        if x.closed.load(Ordering::SeqCst) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (x, y) = make_room_for_y(&a, &b, &breaker).await;
     assert_eq!(
         x.closed.load(Ordering::SeqCst),
         1,

@@ -138,30 +138,44 @@ fn loops_are_own_ports_on_local_addresses() {
     assert!(!s.is_own_listener("127.0.0.1:8080".parse().unwrap()));
 }
 
-/// A client that sends half a request and closes: hyper's serving error counts as the client
-/// gone (`outbound_client_closed`), not as a proxy failure; other errors do not.
-#[tokio::test]
-async fn a_client_closing_mid_request_is_told_apart_from_failures() {
+/// Serves one HTTP/1.1 connection whose client writes `request` (and hangs up at once when
+/// `hang_up`), every answer carrying `body()`; returns the connection's error.
+async fn serving_error<B>(request: &'static [u8], hang_up: bool, body: fn() -> B) -> ConnectionError
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use tokio::io::AsyncWriteExt as _;
     let (mut client, server) = tokio::io::duplex(4096);
     let serving = tokio::spawn(async move {
         hyper::server::conn::http1::Builder::new()
             .serve_connection(
                 hyper_util::rt::TokioIo::new(server),
-                hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Empty::<bytes::Bytes>::new(),
-                    ))
+                hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(body()))
                 }),
             )
             .await
     });
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: echo\r\n")
-        .await
-        .unwrap();
-    drop(client);
+    client.write_all(request).await.unwrap();
+    if hang_up {
+        drop(client);
+        return ConnectionError::Http(serving.await.unwrap().unwrap_err());
+    }
     let e = ConnectionError::Http(serving.await.unwrap().unwrap_err());
+    drop(client);
+    e
+}
+
+/// A client that sends half a request and closes: hyper's serving error counts as the client
+/// gone (`outbound_client_closed`), not as a proxy failure; other errors do not.
+#[tokio::test]
+async fn a_client_closing_mid_request_is_told_apart_from_failures() {
+    let e = serving_error(b"GET / HTTP/1.1\r\nHost: echo\r\n", true, || {
+        http_body_util::Empty::<bytes::Bytes>::new()
+    })
+    .await;
     assert!(e.client_gone(), "{e:?}");
     assert!(!ConnectionError::NoRoute("10.0.0.1:80".parse().unwrap()).client_gone());
     let reset = ConnectionError::Copy(CopyError {
@@ -173,33 +187,18 @@ async fn a_client_closing_mid_request_is_told_apart_from_failures() {
 
     // An answer whose body fails midway (the upstream reset it) is not the client's doing,
     // although an I/O error of that kind is in the chain.
-    let (mut client, server) = tokio::io::duplex(4096);
-    let serving = tokio::spawn(async move {
-        hyper::server::conn::http1::Builder::new()
-            .serve_connection(
-                hyper_util::rt::TokioIo::new(server),
-                hyper::service::service_fn(|_req| async {
-                    let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, io::Error>> = vec![
-                        Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"part"))),
-                        Err(io::Error::from(io::ErrorKind::ConnectionReset)),
-                    ];
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::StreamBody::new(futures::stream::iter(frames)),
-                    ))
-                }),
-            )
-            .await
-    });
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n")
-        .await
-        .unwrap();
-    let e = ConnectionError::Http(serving.await.unwrap().unwrap_err());
+    let e = serving_error(b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n", false, || {
+        let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, io::Error>> = vec![
+            Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"part"))),
+            Err(io::Error::from(io::ErrorKind::ConnectionReset)),
+        ];
+        http_body_util::StreamBody::new(futures::stream::iter(frames))
+    })
+    .await;
     assert!(
         !e.client_gone(),
         "an upstream body failure counted as the client gone: {e:?}"
     );
-    drop(client);
 
     let metrics = ProxyMetrics::default();
     let mut stats = String::new();
