@@ -13,7 +13,7 @@ use std::time::Duration;
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::CertificateError;
 use rustls::pki_types::ServerName;
 use switchyard_model::SpiffeId;
@@ -28,7 +28,7 @@ use super::ALPN_H2;
 use super::client::{ClientInner, HboneClientConfig};
 use super::error::DialError;
 use super::stats::HboneStats;
-use crate::coalesce::Coalesce;
+use crate::coalesce::{Coalesce, TurnExecutor, Turns};
 use crate::tls::{Expected, IdentityStore, TlsError, client_config, peer_identity};
 
 /// What a pooled connection is shared by: server address, expected server identity and the
@@ -233,7 +233,9 @@ impl Dial {
                 id: self.id,
             },
         };
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+        // hyper's client drives the connection in a task of its own: count its turns there.
+        let turns = Turns::new();
+        let mut builder = http2::Builder::new(TurnExecutor(turns.clone()));
         builder.timer(TokioTimer::new());
         if let Some(interval) = self.config.keepalive_interval {
             builder
@@ -242,7 +244,7 @@ impl Dial {
                 .keep_alive_while_idle(true);
         }
         let (sender, connection) = builder
-            .handshake(TokioIo::new(Coalesce::new(io)))
+            .handshake(TokioIo::new(Coalesce::new(io, &turns)))
             .await
             .map_err(|e| DialError::Http2 {
                 via,

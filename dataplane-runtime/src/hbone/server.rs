@@ -30,7 +30,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::stats::HboneStats;
 use super::stream::Counted;
 use super::{ALPN_H2, REASON_HEADER};
-use crate::coalesce::Coalesce;
+use crate::coalesce::{Coalesce, Turns};
 use crate::tls::{IdentityStore, cert_info, server_config};
 
 /// A byte stream to a tunnel's target, as returned by [`InboundHandler::connect`]. Implemented
@@ -318,18 +318,23 @@ impl<H: InboundHandler> ServerInner<H> {
             let (server, peer, tasks) = (server.clone(), peer.clone(), stream_tasks.clone());
             async move { Ok::<_, Infallible>(server.handle(&peer, request, &tasks).await) }
         });
+        let turns = Turns::new();
         let mut connection =
-            pin!(builder.serve_connection(TokioIo::new(Coalesce::new(tls)), service));
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            () = tasks.shutdown.cancelled() => {
-                connection.as_mut().graceful_shutdown();
+            pin!(builder.serve_connection(TokioIo::new(Coalesce::new(tls, &turns)), service));
+        let result = turns
+            .drive(async {
                 tokio::select! {
                     result = connection.as_mut() => result,
-                    () = tasks.abort.cancelled() => Ok(()),
+                    () = tasks.shutdown.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            result = connection.as_mut() => result,
+                            () = tasks.abort.cancelled() => Ok(()),
+                        }
+                    }
                 }
-            }
-        };
+            })
+            .await;
         match result {
             Ok(()) => debug!("hbone connection closed"),
             Err(error) => debug!(%error, "hbone connection ended with an error"),

@@ -27,11 +27,11 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use super::circuit::{CircuitBreaker, CircuitGuard, Overloaded};
-use switchyard_dataplane_runtime::coalesce::Coalesce;
+use switchyard_dataplane_runtime::coalesce::{Coalesce, TurnExecutor, Turns};
 use switchyard_dataplane_runtime::hbone::TargetStream;
 
 /// Boxed error of a proxied body.
@@ -403,13 +403,15 @@ impl Pool {
                 pending,
             } => {
                 let io = dial().await.map_err(SendError::Connect)?;
-                // many streams on one connection: fewer, larger writes (`Coalesce`)
+                // many streams on one connection: fewer, larger writes (`Coalesce`); hyper
+                // drives the connection in a task of its own, which counts the turns
+                let turns = Turns::new();
                 let io: UpstreamIo = if target.coalesce {
-                    Box::new(Coalesce::new(io))
+                    Box::new(Coalesce::new(io, &turns))
                 } else {
                     io
                 };
-                let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                let (sender, conn) = http2::handshake(TurnExecutor(turns), TokioIo::new(io))
                     .await
                     .map_err(SendError::Handshake)?;
                 drop(pending);

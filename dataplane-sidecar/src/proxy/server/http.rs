@@ -30,7 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng as _;
 #[cfg(test)]
 use std::time::Duration;
-use switchyard_dataplane_runtime::coalesce::Coalesce;
+use switchyard_dataplane_runtime::coalesce::{Coalesce, Turns};
 use switchyard_dataplane_runtime::hbone::{HBONE_PORT, Peer};
 use switchyard_dataplane_runtime::tls::Expected;
 use tokio::time::Instant;
@@ -424,10 +424,12 @@ impl Proxy {
                     .serve_connection(TokioIo::new(io), service)
             ),
             // Many streams on one connection: fewer, larger writes (`Coalesce`).
-            Proto::Http2 => serve_gracefully!(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(Coalesce::new(io)), service)
-            ),
+            Proto::Http2 => {
+                let turns = Turns::new();
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(Coalesce::new(io, &turns)), service);
+                turns.drive(async { serve_gracefully!(conn) }).await
+            }
         };
         result.map_err(ConnectionError::Http)
     }
