@@ -80,9 +80,6 @@ pub struct Target<'a> {
     pub addr: SocketAddr,
     /// The cluster's circuit breaker.
     pub breaker: &'a CircuitBreaker,
-    /// Wrap a new HTTP/2 connection in [`Coalesce`]: for one on a socket, not one inside an
-    /// HBONE tunnel, whose connection coalesces already.
-    pub coalesce: bool,
 }
 
 type PerCluster<T> = HashMap<String, HashMap<SocketAddr, T>>;
@@ -403,14 +400,12 @@ impl Pool {
                 pending,
             } => {
                 let io = dial().await.map_err(SendError::Connect)?;
-                // many streams on one connection: fewer, larger writes (`Coalesce`); hyper
-                // drives the connection in a task of its own, which counts the turns
+                // Many streams on one connection: fewer, larger writes (`Coalesce`), to a
+                // socket or into an HBONE tunnel (one DATA frame of the tunnel per turn, not
+                // one per frame). hyper drives the connection in a task of its own, which
+                // counts the turns.
                 let turns = Turns::new();
-                let io: UpstreamIo = if target.coalesce {
-                    Box::new(Coalesce::new(io, &turns))
-                } else {
-                    io
-                };
+                let io = Coalesce::new(io, &turns);
                 let (sender, conn) = http2::handshake(TurnExecutor(turns), TokioIo::new(io))
                     .await
                     .map_err(SendError::Handshake)?;

@@ -73,7 +73,6 @@ async fn get(
         cluster: "c",
         addr,
         breaker,
-        coalesce: true,
     };
     let response = pool
         .send(target, Proto::Http1, request(), || async move {

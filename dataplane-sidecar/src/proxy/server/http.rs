@@ -20,7 +20,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut as _, Bytes, BytesMut};
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -39,6 +39,7 @@ use tracing::{debug, info};
 
 use super::super::balance::Outcome;
 use super::super::circuit::{CircuitGuard, OVERLOADED_HEADER, Overloaded};
+use super::super::detect::{H2_PREFACE, Prefixed};
 use super::super::pool::Target;
 use super::super::pool::{Body, BoxError, Proto, SendError, UpstreamIo};
 use super::super::retry::{self, AttemptOutcome, RetryConditions, RetryDecision};
@@ -718,7 +719,6 @@ impl Proxy {
             cluster,
             addr,
             breaker: &upstream.breaker,
-            coalesce: !matches!(transport, Some(Transport::Hbone(_))),
         };
         // To a mesh endpoint, HTTP/2 inside the tunnel whatever the app speaks: one tunnel
         // per endpoint carries every request; the server's proxy speaks the app's protocol.
@@ -849,6 +849,30 @@ impl<B> RequestAttributes for RequestView<'_, B> {
     }
 }
 
+/// Reads from `io` while its bytes agree with the HTTP/2 connection preface: `true` once all
+/// of it is there, `false` at the first byte that differs (or when the stream ends). The bytes
+/// read are given back in front of the stream.
+async fn read_h2_preface<S>(mut io: S) -> io::Result<(bool, Prefixed<S>)>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
+    let http2 = loop {
+        if !H2_PREFACE.starts_with(&buf) {
+            break false;
+        }
+        if buf.len() == H2_PREFACE.len() {
+            break true;
+        }
+        let room = H2_PREFACE.len() - buf.len();
+        if io.read_buf(&mut (&mut buf).limit(room)).await? == 0 {
+            break false;
+        }
+    };
+    Ok((http2, Prefixed::new(buf.freeze(), io)))
+}
+
 impl TunnelHandler {
     /// Serves HTTP from `caller` to the app at `target` (inside an HBONE tunnel, or a
     /// plaintext connection): each request is checked against the port's request-level
@@ -872,15 +896,41 @@ impl TunnelHandler {
             let peer = peer.clone();
             async move { Ok::<_, Infallible>(handler.inbound_request(&peer, target, req).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection(TokioIo::new(io), service);
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            () = draining.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
+        // The caller's proxy speaks HTTP/2 with prior knowledge or HTTP/1.1.
+        let (http2, io) = tokio::select! {
+            read = read_h2_preface(io) => match read {
+                Ok(read) => read,
+                Err(e) => {
+                    debug!(error = %e, %target, "inbound http connection failed before a request");
+                    return;
+                }
+            },
+            () = draining.cancelled() => return,
+        };
+        macro_rules! serve_until_drained {
+            ($conn:expr) => {{
+                let conn = $conn;
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = draining.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            }};
+        }
+        let result = if http2 {
+            // Many streams on one connection: fewer, larger writes into the tunnel.
+            let turns = Turns::new();
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(Coalesce::new(io, &turns)), service);
+            turns.drive(async { serve_until_drained!(conn) }).await
+        } else {
+            serve_until_drained!(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(io), service)
+            )
         };
         if let Err(e) = result {
             debug!(error = %e, %target, "inbound http connection ended with an error");
@@ -987,7 +1037,6 @@ impl TunnelHandler {
             cluster: "inbound",
             addr: target,
             breaker: &self.inbound_breaker,
-            coalesce: true,
         };
         let result = self
             .pool
