@@ -49,6 +49,24 @@ use crate::config::rbac::{RbacInput, RbacLayer, RequestAttributes, evaluate};
 use crate::config::route::{self, Forward, RouteAction, RouteMatch};
 use crate::config::{Outbound, SidecarConfig, Transport};
 
+/// Serves a hyper connection (`$conn`) until it ends. Once `$stop`, a `CancellationToken`, is
+/// cancelled it finishes the requests in flight and closes (HTTP/1.1: after the current
+/// response; HTTP/2: `GOAWAY`). A macro: as a generic `async fn` the compiler cannot show the
+/// spawned connection futures are `Send`.
+macro_rules! serve_until {
+    ($conn:expr, $stop:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = $stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+
 /// Largest request body kept for replay by retries.
 pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
 /// Header carrying the caller's identity to the app.
@@ -403,33 +421,22 @@ impl Proxy {
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.outbound_request(dst, req).await) }
         });
-        // On shutdown, the connection finishes its requests in flight and closes (HTTP/1.1:
-        // after the current response; HTTP/2: GOAWAY).
-        let shutdown = self.shutdown.clone();
-        macro_rules! serve_gracefully {
-            ($conn:expr) => {{
-                let conn = $conn;
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => r,
-                    () = shutdown.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                }
-            }};
-        }
         let result = match proto {
-            Proto::Http1 => serve_gracefully!(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(io), service)
-            ),
+            Proto::Http1 => {
+                serve_until!(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(io), service),
+                    self.shutdown
+                )
+            }
             // Many streams on one connection: fewer, larger writes (`Coalesce`).
             Proto::Http2 => {
                 let turns = Turns::new();
                 let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(Coalesce::new(io, &turns)), service);
-                turns.drive(async { serve_gracefully!(conn) }).await
+                turns
+                    .drive(async { serve_until!(conn, self.shutdown) })
+                    .await
             }
         };
         result.map_err(ConnectionError::Http)
@@ -907,29 +914,17 @@ impl TunnelHandler {
             },
             () = draining.cancelled() => return,
         };
-        macro_rules! serve_until_drained {
-            ($conn:expr) => {{
-                let conn = $conn;
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => r,
-                    () = draining.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                }
-            }};
-        }
         let result = if http2 {
             // Many streams on one connection: fewer, larger writes into the tunnel.
             let turns = Turns::new();
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(Coalesce::new(io, &turns)), service);
-            turns.drive(async { serve_until_drained!(conn) }).await
+            turns.drive(async { serve_until!(conn, draining) }).await
         } else {
-            serve_until_drained!(
+            serve_until!(
                 hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(io), service)
+                    .serve_connection(TokioIo::new(io), service),
+                draining
             )
         };
         if let Err(e) = result {
