@@ -236,7 +236,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn upstream_request(
     method: &hyper::Method,
     uri: &Uri,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     host: Option<&str>,
     proto: Proto,
     body: Body,
@@ -248,7 +248,7 @@ fn upstream_request(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut req = Request::new(body);
     *req.method_mut() = method.clone();
-    *req.headers_mut() = headers.clone();
+    *req.headers_mut() = headers;
     strip_hop_by_hop(req.headers_mut());
     // Only a proxy sets it, on the request it upgraded.
     req.headers_mut().remove(ORIG_PROTO);
@@ -603,7 +603,7 @@ impl Proxy {
             let upstream_req = upstream_request(
                 &parts.method,
                 &parts.uri,
-                &parts.headers,
+                parts.headers.clone(),
                 host.as_deref(),
                 proto,
                 body,
@@ -856,6 +856,16 @@ impl<B> RequestAttributes for RequestView<'_, B> {
     }
 }
 
+/// An inbound HTTP connection: its caller and target, and what its requests share.
+struct InboundConn {
+    caller: Caller,
+    target: SocketAddr,
+    /// `x-forwarded-client-cert` for the caller's identity (none: plaintext caller).
+    xfcc: Option<HeaderValue>,
+    /// The metrics' and access log's route name.
+    route: String,
+}
+
 /// Reads from `io` while its bytes agree with the HTTP/2 connection preface: `true` once all
 /// of it is there, `false` at the first byte that differs (or when the stream ends). The bytes
 /// read are given back in front of the stream.
@@ -896,12 +906,22 @@ impl TunnelHandler {
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        // What every request of the connection shares, made once.
+        let xfcc = caller
+            .identity
+            .as_ref()
+            .and_then(|id| HeaderValue::from_str(&format!("By={};URI={id}", self.identity)).ok());
+        let conn = Arc::new(InboundConn {
+            caller,
+            target,
+            xfcc,
+            route: format!("inbound|{}||", target.port()),
+        });
         let handler = Arc::new(self);
-        let peer = Arc::new(caller);
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let handler = handler.clone();
-            let peer = peer.clone();
-            async move { Ok::<_, Infallible>(handler.inbound_request(&peer, target, req).await) }
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(handler.inbound_request(&conn, req).await) }
         });
         // The caller's proxy speaks HTTP/2 with prior knowledge or HTTP/1.1.
         let (http2, io) = tokio::select! {
@@ -957,12 +977,8 @@ impl TunnelHandler {
         }
     }
 
-    async fn inbound_request(
-        &self,
-        peer: &Caller,
-        target: SocketAddr,
-        req: Request<Incoming>,
-    ) -> Response<Body> {
+    async fn inbound_request(&self, conn: &InboundConn, req: Request<Incoming>) -> Response<Body> {
+        let (peer, target, route) = (&conn.caller, conn.target, conn.route.as_str());
         let start = Instant::now();
         let rbac = self.config.current().and_then(|c| {
             c.inbound(target.port()).map(|p| {
@@ -987,10 +1003,9 @@ impl TunnelHandler {
         });
         if let Err(denied) = decision {
             self.metrics.inbound_rbac_denied.inc();
-            let route = format!("inbound|{}||", target.port());
             self.http_metrics.record(
                 "inbound",
-                &route,
+                route,
                 403,
                 peer.identity.as_deref(),
                 start.elapsed(),
@@ -1012,17 +1027,15 @@ impl TunnelHandler {
         let proto = self.app_proto(target.port(), &req);
         let host = host_of(&req);
         let (parts, body) = req.into_parts();
-        let mut headers = parts.headers.clone();
+        let mut headers = parts.headers;
         headers.remove(XFCC);
-        if let Some(id) = &peer.identity
-            && let Ok(v) = HeaderValue::from_str(&format!("By={};URI={id}", self.identity))
-        {
-            headers.insert(XFCC, v);
+        if let Some(v) = &conn.xfcc {
+            headers.insert(XFCC, v.clone());
         }
         let upstream = upstream_request(
             &parts.method,
             &parts.uri,
-            &headers,
+            headers,
             host.as_deref(),
             proto,
             incoming(body),
@@ -1047,9 +1060,8 @@ impl TunnelHandler {
         };
         let status = response.status().as_u16();
         let elapsed = start.elapsed();
-        let route = format!("inbound|{}||", target.port());
         self.http_metrics
-            .record("inbound", &route, status, peer.identity.as_deref(), elapsed);
+            .record("inbound", route, status, peer.identity.as_deref(), elapsed);
         info!(
             target: "switchyard_sidecar::access",
             direction = "inbound",

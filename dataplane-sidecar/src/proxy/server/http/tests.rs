@@ -102,7 +102,7 @@ fn upstream_requests_drop_hop_by_hop_headers_and_take_the_version_form() {
     let h1 = upstream_request(
         &hyper::Method::GET,
         &uri,
-        &headers,
+        headers.clone(),
         Some("echo"),
         Proto::Http1,
         empty(),
@@ -115,7 +115,7 @@ fn upstream_requests_drop_hop_by_hop_headers_and_take_the_version_form() {
     let h2 = upstream_request(
         &hyper::Method::GET,
         &uri,
-        &headers,
+        headers,
         Some("echo.shop:80"),
         Proto::Http2,
         empty(),
@@ -130,7 +130,7 @@ fn upstream_requests_drop_hop_by_hop_headers_and_take_the_version_form() {
     let r = upstream_request(
         &hyper::Method::POST,
         &uri,
-        &grpc,
+        grpc,
         None,
         Proto::Http2,
         empty(),
