@@ -448,7 +448,9 @@ fn the_model_follows_deletes_restarts_scaling_and_keeps_the_last_good_manifests(
     });
 }
 
-/// What a cluster could leave behind, machine-wide.
+/// What cluster `name` could leave behind: its namespaces, its host link, its cgroup tree
+/// and its processes. Only this cluster's: tests in other processes on the same host run
+/// clusters of their own.
 #[derive(Debug, PartialEq, Eq)]
 struct Leftovers {
     namespaces: Vec<String>,
@@ -457,11 +459,15 @@ struct Leftovers {
     processes: Vec<(u32, String)>,
 }
 
-fn leftovers(state_dir: &Path) -> Leftovers {
-    let links = ip::list_links().unwrap();
+fn leftovers(name: &str, state_dir: &Path) -> Leftovers {
+    let host_link = addressing::host_link(name);
+    let links: Vec<String> = ip::list_links()
+        .unwrap()
+        .into_iter()
+        .filter(|l| *l == host_link)
+        .collect();
     let mut cgroups = Vec::new();
-    let root = cgroup::cgroup2_mount().unwrap().join(cgroup::ROOT_NAME);
-    let mut stack = vec![root];
+    let mut stack = vec![cgroup::cluster_dir(&cgroup::cgroup2_mount().unwrap(), name)];
     while let Some(d) = stack.pop() {
         if let Ok(entries) = std::fs::read_dir(&d) {
             for e in entries.filter_map(Result::ok) {
@@ -474,6 +480,7 @@ fn leftovers(state_dir: &Path) -> Leftovers {
     }
     cgroups.sort();
     let marker = state_dir.display().to_string();
+    let own_cgroup = format!("{}/{name}", cgroup::ROOT_NAME);
     let mut processes = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -489,13 +496,21 @@ fn leftovers(state_dir: &Path) -> Leftovers {
         let zombie = stat
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        if !zombie && (cg.contains(&format!("::/{}/", cgroup::ROOT_NAME)) || cmd.contains(&marker))
-        {
+        let in_cluster = cg.lines().any(|l| {
+            l.split_once("::/").is_some_and(|(_, path)| {
+                path == own_cgroup || path.starts_with(&format!("{own_cgroup}/"))
+            })
+        });
+        if !zombie && (in_cluster || cmd.contains(&marker)) {
             processes.push((pid, cmd));
         }
     }
+    let prefix = addressing::netns::prefix(name);
     Leftovers {
-        namespaces: ip::list_netns(),
+        namespaces: ip::list_netns()
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect(),
         links,
         cgroups,
         processes,
@@ -509,7 +524,7 @@ fn down_leaves_nothing_behind_also_after_sigkill_mid_up() {
             'c',
             &[("app.yaml", &deployment(3)), ("client.yaml", ECHO_POD)],
         );
-        let before = leftovers(&c.state_path());
+        let before = leftovers(&c.name, &c.state_path());
 
         // A host route into a cluster range: refused before anything is made.
         netns::run("ip", &["route", "add", "10.96.7.0/24", "dev", "lo"]).unwrap();
@@ -521,7 +536,7 @@ fn down_leaves_nothing_behind_also_after_sigkill_mid_up() {
                 .contains("service range 10.96.0.0/16 overlaps the host's route 10.96.7.0/24"),
             "{run:#?}"
         );
-        assert_eq!(leftovers(&c.state_path()), before);
+        assert_eq!(leftovers(&c.name, &c.state_path()), before);
         netns::run("ip", &["route", "del", "10.96.7.0/24", "dev", "lo"]).unwrap();
 
         // Bad manifests: `up` says what is wrong and creates nothing.
@@ -534,19 +549,19 @@ fn down_leaves_nothing_behind_also_after_sigkill_mid_up() {
                 && run.stderr.contains("spec.containers[0].command: missing"),
             "{run:#?}"
         );
-        assert_eq!(leftovers(&c.state_path()), before);
+        assert_eq!(leftovers(&c.name, &c.state_path()), before);
         std::fs::remove_file(c.manifests.path().join("bad.yaml")).unwrap();
 
         // Up, a second up refused, down, down again.
         c.up(2).await;
-        assert_ne!(leftovers(&c.state_path()), before);
+        assert_ne!(leftovers(&c.name, &c.state_path()), before);
         let again = yardctl::finish(c.up_command(2).spawn().unwrap())
             .await
             .failed();
         assert!(again.stderr.contains("already up"), "{again:#?}");
         let down = c.yardctl("down", &[]).await.ok();
         assert!(down.stdout.contains("processes killed"), "{down:#?}");
-        assert_eq!(leftovers(&c.state_path()), before);
+        assert_eq!(leftovers(&c.name, &c.state_path()), before);
         let twice = c.yardctl("down", &[]).await.ok();
         assert!(twice.stdout.contains("nothing to remove"), "{twice:#?}");
 
@@ -581,13 +596,13 @@ fn down_leaves_nothing_behind_also_after_sigkill_mid_up() {
             }
             up.kill().await.unwrap();
             assert_ne!(
-                leftovers(&c.state_path()),
+                leftovers(&c.name, &c.state_path()),
                 before,
                 "{point}: something to clean"
             );
             c.yardctl("down", &[]).await.ok();
             assert_eq!(
-                leftovers(&c.state_path()),
+                leftovers(&c.name, &c.state_path()),
                 before,
                 "after SIGKILL at: {point}"
             );
