@@ -214,6 +214,31 @@ impl Detector {
     }
 }
 
+/// Reads from `io` while its bytes agree with the HTTP/2 connection preface: `true` once all
+/// of it is there, `false` at the first byte that differs (or when the stream ends). The bytes
+/// read are given back in front of the stream. For a peer known to speak HTTP/2 with prior
+/// knowledge or HTTP/1.1 (the inbound side of a tunnel), without [`Detector`]'s timeout and
+/// counts.
+pub async fn read_h2_preface<S>(mut io: S) -> io::Result<(bool, Prefixed<S>)>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
+    let http2 = loop {
+        if !H2_PREFACE.starts_with(&buf) {
+            break false;
+        }
+        if buf.len() == H2_PREFACE.len() {
+            break true;
+        }
+        let room = H2_PREFACE.len() - buf.len();
+        if io.read_buf(&mut (&mut buf).limit(room)).await? == 0 {
+            break false;
+        }
+    };
+    Ok((http2, Prefixed::new(buf.freeze(), io)))
+}
+
 /// What the bytes so far say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {

@@ -222,3 +222,42 @@ async fn a_read_error_is_reported() {
     let err = detector(1_000).detect(Broken).await.expect_err("error");
     assert_eq!(err.0.kind(), io::ErrorKind::ConnectionReset);
 }
+
+/// The bytes `read_h2_preface` reads, and what it says, for a client that sends `sent` (in
+/// pieces of 5 bytes, then closes).
+async fn preface_of(sent: &[u8]) -> (bool, Vec<u8>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut client, server) = tokio::io::duplex(64);
+    let sent = sent.to_vec();
+    let writer = tokio::spawn(async move {
+        for piece in sent.chunks(5) {
+            client.write_all(piece).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+    });
+    let (http2, mut io) = read_h2_preface(server).await.unwrap();
+    writer.await.unwrap();
+    let mut all = Vec::new();
+    io.read_to_end(&mut all).await.unwrap();
+    (http2, all)
+}
+
+#[tokio::test]
+async fn the_inbound_side_tells_http2_from_http1_and_loses_no_byte() {
+    let mut h2 = H2_PREFACE.to_vec();
+    h2.extend_from_slice(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+    assert_eq!(preface_of(&h2).await, (true, h2.clone()));
+
+    let h1 = b"POST /echo HTTP/1.1\r\nhost: echo\r\n\r\n".to_vec();
+    assert_eq!(preface_of(&h1).await, (false, h1.clone()));
+
+    // "PRI" then something else: HTTP/1 (hyper answers it), every byte kept
+    let odd = b"PRI * HTTP/1.1\r\n\r\n".to_vec();
+    assert_eq!(preface_of(&odd).await, (false, odd.clone()));
+
+    // a caller that closes within the preface
+    assert_eq!(
+        preface_of(&H2_PREFACE[..10]).await,
+        (false, H2_PREFACE[..10].to_vec())
+    );
+}

@@ -20,7 +20,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -39,7 +39,7 @@ use tracing::{debug, info};
 
 use super::super::balance::Outcome;
 use super::super::circuit::{CircuitGuard, OVERLOADED_HEADER, Overloaded};
-use super::super::detect::{H2_PREFACE, Prefixed};
+use super::super::detect::read_h2_preface;
 use super::super::pool::Target;
 use super::super::pool::{Body, BoxError, Proto, SendError, UpstreamIo};
 use super::super::retry::{self, AttemptOutcome, RetryConditions, RetryDecision};
@@ -864,30 +864,6 @@ struct InboundConn {
     xfcc: Option<HeaderValue>,
     /// The metrics' and access log's route name.
     route: String,
-}
-
-/// Reads from `io` while its bytes agree with the HTTP/2 connection preface: `true` once all
-/// of it is there, `false` at the first byte that differs (or when the stream ends). The bytes
-/// read are given back in front of the stream.
-async fn read_h2_preface<S>(mut io: S) -> io::Result<(bool, Prefixed<S>)>
-where
-    S: tokio::io::AsyncRead + Unpin,
-{
-    use tokio::io::AsyncReadExt as _;
-    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
-    let http2 = loop {
-        if !H2_PREFACE.starts_with(&buf) {
-            break false;
-        }
-        if buf.len() == H2_PREFACE.len() {
-            break true;
-        }
-        let room = H2_PREFACE.len() - buf.len();
-        if io.read_buf(&mut (&mut buf).limit(room)).await? == 0 {
-            break false;
-        }
-    };
-    Ok((http2, Prefixed::new(buf.freeze(), io)))
 }
 
 impl TunnelHandler {
