@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
-use http_body_util::Empty;
 use hyper::{Method, Request, Uri};
 use tracing::{Instrument, debug, debug_span, info};
 
@@ -26,6 +25,7 @@ use super::dial::{ActiveStream, Conn, Dial, PoolKey};
 use super::error::{DialError, HboneError};
 use super::stats::HboneStats;
 use super::stream::HboneStream;
+use super::wire::TunnelIo;
 use crate::tls::{Expected, IdentityStore};
 
 /// Settings of an [`HboneClient`].
@@ -91,7 +91,7 @@ struct Pool {
 /// Why opening a stream on a connection failed.
 enum OpenError {
     /// The connection is broken: evict it (and maybe retry elsewhere).
-    Broken(hyper::Error),
+    Broken(h2::Error),
     /// The server answered, or the stream failed in a way that says nothing about the
     /// connection.
     Answer(HboneError),
@@ -324,14 +324,20 @@ impl ClientInner {
         let request = Request::builder()
             .method(Method::CONNECT)
             .uri(uri)
-            .body(Empty::new())
+            .body(())
             .expect("a CONNECT request with an authority is valid");
         // Counts from here, so that a connection opening a stream is not closed as idle.
         let active = ActiveStream::new(&conn.state);
         let after = self.config.response_timeout;
-        let mut sender = conn.sender.clone();
-        let response = match tokio::time::timeout(after, sender.send_request(request)).await {
-            Ok(Ok(response)) => response,
+        let sender = conn.sender.clone();
+        let exchange = async move {
+            // Waits while the server's concurrent stream limit is reached.
+            let mut sender = sender.ready().await?;
+            let (response, send) = sender.send_request(request, false)?;
+            Ok::<_, h2::Error>((response.await?, send))
+        };
+        let (response, send) = match tokio::time::timeout(after, exchange).await {
+            Ok(Ok(answered)) => answered,
             Ok(Err(e)) => {
                 conn.state.fail(&self.stats);
                 return Err(OpenError::Broken(e));
@@ -348,28 +354,16 @@ impl ClientInner {
         conn.state.confirm(&self.stats);
         let status = response.status();
         if status.is_success() {
-            return match hyper::upgrade::on(response).await {
-                Ok(upgraded) => {
-                    self.stats.stream_opened();
-                    debug!(conn = conn.id, server = %conn.server, "hbone tunnel open");
-                    Ok(HboneStream::new(
-                        upgraded,
-                        self.stats.clone(),
-                        active,
-                        target,
-                        via,
-                        conn.server.clone(),
-                    ))
-                }
-                Err(source) => {
-                    self.stats.stream_failed();
-                    Err(OpenError::Answer(HboneError::Stream {
-                        target,
-                        via,
-                        source,
-                    }))
-                }
-            };
+            self.stats.stream_opened();
+            debug!(conn = conn.id, server = %conn.server, "hbone tunnel open");
+            return Ok(HboneStream::new(
+                TunnelIo::new(send, response.into_body()),
+                self.stats.clone(),
+                active,
+                target,
+                via,
+                conn.server.clone(),
+            ));
         }
         let reason = response
             .headers()
@@ -407,7 +401,7 @@ impl ClientInner {
 
 /// The error for a request that failed on a broken connection: a refused client certificate
 /// when the server sent a TLS alert, a stream error otherwise.
-fn broken(conn: &Conn, target: SocketAddr, via: SocketAddr, source: hyper::Error) -> HboneError {
+fn broken(conn: &Conn, target: SocketAddr, via: SocketAddr, source: h2::Error) -> HboneError {
     match conn.state.tls_error() {
         Some(rustls::Error::AlertReceived(alert)) => DialError::CertificateRefused {
             via,

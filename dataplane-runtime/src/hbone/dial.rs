@@ -10,10 +10,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body_util::Empty;
-use hyper::body::Bytes;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use bytes::Bytes;
 use rustls::CertificateError;
 use rustls::pki_types::ServerName;
 use switchyard_model::SpiffeId;
@@ -28,7 +25,8 @@ use super::ALPN_H2;
 use super::client::{ClientInner, HboneClientConfig};
 use super::error::DialError;
 use super::stats::HboneStats;
-use crate::coalesce::{Coalesce, TurnExecutor, Turns};
+use super::wire::{self, KeepaliveExpired};
+use crate::coalesce::{Coalesce, Turns};
 use crate::tls::{Expected, IdentityStore, TlsError, client_config, peer_identity};
 
 /// What a pooled connection is shared by: server address, expected server identity and the
@@ -44,7 +42,7 @@ pub(super) struct PoolKey {
 #[derive(Clone)]
 pub(super) struct Conn {
     pub(super) id: u64,
-    pub(super) sender: http2::SendRequest<Empty<Bytes>>,
+    pub(super) sender: h2::client::SendRequest<Bytes>,
     /// The identity the server presented.
     pub(super) server: SpiffeId,
     pub(super) state: Arc<ConnState>,
@@ -53,7 +51,7 @@ pub(super) struct Conn {
 impl Conn {
     /// Whether new streams may be opened on it.
     pub(super) fn usable(&self) -> bool {
-        !self.state.closed.load(Ordering::Acquire) && !self.sender.is_closed()
+        !self.state.closed.load(Ordering::Acquire)
     }
 }
 
@@ -233,24 +231,27 @@ impl Dial {
                 id: self.id,
             },
         };
-        // hyper's client drives the connection in a task of its own: count its turns there.
+        // The connection's task is the one that drives its I/O: count its turns.
         let turns = Turns::new();
-        let mut builder = http2::Builder::new(TurnExecutor(turns.clone()));
-        builder.timer(TokioTimer::new());
-        if let Some(interval) = self.config.keepalive_interval {
-            builder
-                .keep_alive_interval(interval)
-                .keep_alive_timeout(self.config.keepalive_timeout)
-                .keep_alive_while_idle(true);
-        }
-        let (sender, connection) = builder
-            .handshake(TokioIo::new(Coalesce::new(io, &turns)))
+        let (sender, mut connection) = wire::client_builder()
+            .handshake::<_, Bytes>(Coalesce::new(io, &turns))
             .await
             .map_err(|e| DialError::Http2 {
                 via,
                 source: Arc::new(e),
             })?;
-        tokio::spawn(drive(connection, idle).in_current_span());
+        let keepalive = self.config.keepalive_interval.map(|interval| {
+            wire::keepalive(
+                connection.ping_pong(),
+                interval,
+                self.config.keepalive_timeout,
+            )
+        });
+        tokio::spawn(
+            turns
+                .drive(drive(connection, keepalive, idle))
+                .in_current_span(),
+        );
         Ok(Conn {
             id: self.id,
             sender,
@@ -288,25 +289,37 @@ impl IdleWatch {
 }
 
 /// Drives the client side of a connection. It stops taking new streams when the pool drops
-/// its last sender (eviction, rotation, idle), when the peer closes it or after a `GOAWAY`;
-/// the TLS stream lives on until its last tunnel ends.
-async fn drive<C>(connection: C, idle: Option<IdleWatch>)
-where
-    C: Future<Output = hyper::Result<()>>,
+/// its last sender (eviction, rotation, idle), when the peer closes it or after a `GOAWAY`,
+/// and ends when its last tunnel has; a keepalive `PING` left unanswered ends it at once.
+async fn drive<C>(
+    connection: C,
+    keepalive: Option<impl Future<Output = ()>>,
+    idle: Option<IdleWatch>,
+) where
+    C: Future<Output = Result<(), h2::Error>>,
 {
     let mut connection = pin!(connection);
-    let result = match &idle {
-        None => connection.await,
-        Some(idle) => {
-            tokio::select! {
-                result = connection.as_mut() => result,
-                () = idle.expired() => connection.await,
+    let keepalive = async {
+        match keepalive {
+            Some(keepalive) => keepalive.await,
+            None => std::future::pending().await,
+        }
+    };
+    let run = async {
+        match &idle {
+            None => connection.await,
+            Some(idle) => {
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = idle.expired() => connection.await,
+                }
             }
         }
     };
-    match result {
-        Ok(()) => debug!("hbone connection stopped taking new streams"),
-        Err(error) => debug!(%error, "hbone connection failed"),
+    match wire::with_keepalive(run, keepalive).await {
+        Ok(Ok(())) => debug!("hbone connection closed"),
+        Ok(Err(error)) => debug!(%error, "hbone connection failed"),
+        Err(KeepaliveExpired) => warn!("hbone connection dropped: keepalive ping unanswered"),
     }
 }
 

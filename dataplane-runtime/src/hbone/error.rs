@@ -74,7 +74,7 @@ pub enum DialError {
         /// The server's address.
         via: SocketAddr,
         /// Cause.
-        source: Arc<hyper::Error>,
+        source: Arc<h2::Error>,
     },
 }
 
@@ -153,7 +153,7 @@ pub enum HboneError {
         /// The server's address.
         via: SocketAddr,
         /// Cause.
-        source: hyper::Error,
+        source: h2::Error,
     },
 }
 

@@ -21,6 +21,7 @@ mod error;
 mod server;
 mod stats;
 mod stream;
+mod wire;
 
 pub use client::{HboneClient, HboneClientConfig};
 pub use error::{DialError, HboneError};

@@ -1,7 +1,6 @@
 //! The HBONE server: accepts mutual-TLS HTTP/2 connections and turns authorized `CONNECT`
 //! streams into byte copies to their targets.
 
-use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -11,13 +10,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use bytes::Bytes;
+use futures::FutureExt;
+use h2::RecvStream;
+use h2::server::SendResponse;
 use hyper::header::{ALLOW, HeaderValue};
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use rustls::ServerConfig;
 use switchyard_model::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -29,6 +27,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::stats::HboneStats;
 use super::stream::Counted;
+use super::wire::{self, TunnelIo};
 use super::{ALPN_H2, REASON_HEADER};
 use crate::coalesce::{Coalesce, Turns};
 use crate::tls::{IdentityStore, cert_info, server_config};
@@ -302,44 +301,83 @@ impl<H: InboundHandler> ServerInner<H> {
         self.stats.connection_opened();
         debug!(serial = %peer.serial, "hbone connection accepted");
 
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(self.config.max_concurrent_streams);
-        if let Some(interval) = self.config.keepalive_interval {
-            builder
-                .keep_alive_interval(interval)
-                .keep_alive_timeout(self.config.keepalive_timeout);
-        }
         let peer = Arc::new(peer);
-        let server = self.clone();
-        let stream_tasks = tasks.clone();
-        let service = service_fn(move |request| {
-            let (server, peer, tasks) = (server.clone(), peer.clone(), stream_tasks.clone());
-            async move { Ok::<_, Infallible>(server.handle(&peer, request, &tasks).await) }
-        });
+        // This task drives the connection's I/O: count its turns.
         let turns = Turns::new();
-        let mut connection =
-            pin!(builder.serve_connection(TokioIo::new(Coalesce::new(tls, &turns)), service));
-        let result = turns
-            .drive(async {
-                tokio::select! {
-                    result = connection.as_mut() => result,
-                    () = tasks.shutdown.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
-                        tokio::select! {
-                            result = connection.as_mut() => result,
-                            () = tasks.abort.cancelled() => Ok(()),
-                        }
-                    }
-                }
-            })
+        let ended = turns
+            .clone()
+            .drive(self.clone().run_connection(tls, &turns, peer, &tasks))
             .await;
-        match result {
+        match ended {
             Ok(()) => debug!("hbone connection closed"),
-            Err(error) => debug!(%error, "hbone connection ended with an error"),
+            Err(ConnectionEnd::Http2(error)) => {
+                debug!(%error, "hbone connection ended with an error");
+            }
+            Err(ConnectionEnd::Keepalive) => {
+                info!("hbone connection dropped: keepalive ping unanswered");
+            }
+            Err(ConnectionEnd::HandshakeTimeout(after)) => {
+                info!(?after, "hbone http/2 handshake timed out");
+            }
+            Err(ConnectionEnd::Cut) => debug!("hbone connection cut at shutdown"),
         }
         self.stats.connection_closed();
+    }
+
+    /// The HTTP/2 connection: each `CONNECT` stream gets a task of its own. At shutdown a
+    /// `GOAWAY` is sent and the connection ends with its last stream, or when the drain time is
+    /// up.
+    async fn run_connection(
+        self: Arc<Self>,
+        tls: tokio_rustls::server::TlsStream<TcpStream>,
+        turns: &Turns,
+        peer: Arc<Peer>,
+        tasks: &Tasks,
+    ) -> Result<(), ConnectionEnd> {
+        let handshake = wire::server_builder(self.config.max_concurrent_streams)
+            .handshake::<_, Bytes>(Coalesce::new(tls, turns));
+        let mut connection = tokio::select! {
+            shaken = tokio::time::timeout(self.config.handshake_timeout, handshake) => match shaken {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(error)) => return Err(ConnectionEnd::Http2(error)),
+                Err(_) => return Err(ConnectionEnd::HandshakeTimeout(self.config.handshake_timeout)),
+            },
+            () = tasks.abort.cancelled() => return Err(ConnectionEnd::Cut),
+        };
+        let keepalive = match self.config.keepalive_interval {
+            Some(interval) => wire::keepalive(
+                connection.ping_pong(),
+                interval,
+                self.config.keepalive_timeout,
+            )
+            .boxed(),
+            None => std::future::pending().boxed(),
+        };
+        let mut keepalive = pin!(keepalive);
+        let mut draining = false;
+        loop {
+            let accepted = tokio::select! {
+                accepted = connection.accept() => accepted,
+                () = tasks.shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    connection.graceful_shutdown();
+                    continue;
+                }
+                () = tasks.abort.cancelled() => return Err(ConnectionEnd::Cut),
+                () = keepalive.as_mut() => return Err(ConnectionEnd::Keepalive),
+            };
+            match accepted {
+                Some(Ok((request, respond))) => {
+                    tasks.tracker.spawn(
+                        self.clone()
+                            .handle(peer.clone(), request, respond, tasks.clone())
+                            .in_current_span(),
+                    );
+                }
+                Some(Err(error)) => return Err(ConnectionEnd::Http2(error)),
+                None => return Ok(()),
+            }
+        }
     }
 
     /// The TLS handshake and the client's identity; `None` (logged) when either fails.
@@ -390,92 +428,106 @@ impl<H: InboundHandler> ServerInner<H> {
         }
     }
 
-    /// Answers one request; a 200 leaves a tunnel task running.
+    /// Answers one stream and, after a 200, carries its tunnel until it ends.
     async fn handle(
-        &self,
-        peer: &Peer,
-        request: Request<Incoming>,
-        tasks: &Tasks,
-    ) -> Response<Full<Bytes>> {
-        if request.method() != Method::CONNECT {
-            self.stats.stream_failed();
-            debug!(method = %request.method(), "hbone request is not CONNECT");
-            let mut response =
-                refusal(StatusCode::METHOD_NOT_ALLOWED, "hbone only accepts CONNECT");
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("CONNECT"));
-            return response;
-        }
-        let authority = request.uri().authority().map(|a| a.as_str());
-        let Some(target) = authority.and_then(|a| a.parse::<SocketAddr>().ok()) else {
-            self.stats.stream_failed();
-            debug!(?authority, "hbone CONNECT authority is not ip:port");
-            return refusal(
-                StatusCode::BAD_REQUEST,
-                "the CONNECT authority must be <ip>:<port>",
-            );
+        self: Arc<Self>,
+        peer: Arc<Peer>,
+        request: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        tasks: Tasks,
+    ) {
+        let (head, body) = request.into_parts();
+        let target = match connect_target(&head.method, &head.uri) {
+            Ok(target) => target,
+            Err((status, reason)) => {
+                self.stats.stream_failed();
+                debug!(method = %head.method, uri = %head.uri, reason, "hbone request refused");
+                return refuse(&mut respond, status, reason);
+            }
         };
         let span = info_span!("hbone_stream", %target);
-        async {
-            if let Err(refusal_) = self.handler.authorize(peer, target).await {
-                self.stats.stream_refused();
-                info!(identity = %peer.identity, reason = %refusal_, "hbone stream denied");
-                return refusal(StatusCode::FORBIDDEN, refusal_.reason());
-            }
-            let after = self.config.target_connect_timeout;
-            let end = match tokio::time::timeout(after, self.handler.connect(peer, target)).await {
-                Ok(Ok(end)) => end,
-                Ok(Err(error)) => {
-                    self.stats.stream_failed();
-                    info!(%error, "hbone target unreachable");
-                    return refusal(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("cannot reach {target}: {error}"),
-                    );
-                }
-                Err(_) => {
-                    self.stats.stream_failed();
-                    info!(?after, "hbone target connect timed out");
-                    return refusal(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("cannot reach {target}: no answer within {after:?}"),
-                    );
+        async move {
+            let end = match self.open(&peer, target).await {
+                Ok(end) => end,
+                Err((status, reason)) => return refuse(&mut respond, status, &reason),
+            };
+            let send = match respond.send_response(Response::new(()), false) {
+                Ok(send) => send,
+                Err(error) => {
+                    debug!(%error, "hbone stream gone before its 200");
+                    return;
                 }
             };
             self.stats.stream_opened();
             debug!(identity = %peer.identity, "hbone tunnel open");
-            let upgrade = hyper::upgrade::on(request);
-            let (stats, shutdown, abort) = (
-                self.stats.clone(),
-                tasks.shutdown.clone(),
-                tasks.abort.clone(),
-            );
-            tasks.tracker.spawn(
-                async move {
-                    let upgraded = match upgrade.await {
-                        Ok(upgraded) => upgraded,
-                        Err(error) => {
-                            debug!(%error, "hbone upgrade failed");
-                            return;
-                        }
-                    };
-                    let io = Counted::new(TokioIo::new(upgraded), stats);
-                    match end {
-                        TunnelEnd::Stream(target) => tunnel(io, target, abort).await,
-                        TunnelEnd::Serve(serve) => tokio::select! {
-                            () = serve_lent(io, serve, shutdown) => debug!("hbone tunnel served"),
-                            () = abort.cancelled() => debug!("hbone tunnel cut at shutdown"),
-                        },
-                    }
-                }
-                .in_current_span(),
-            );
-            Response::new(Full::default())
+            let io = Counted::new(TunnelIo::new(send, body), self.stats.clone());
+            match end {
+                TunnelEnd::Stream(target) => tunnel(io, target, tasks.abort).await,
+                TunnelEnd::Serve(serve) => tokio::select! {
+                    () = serve_lent(io, serve, tasks.shutdown) => debug!("hbone tunnel served"),
+                    () = tasks.abort.cancelled() => debug!("hbone tunnel cut at shutdown"),
+                },
+            }
         }
         .instrument(span)
-        .await
+        .await;
     }
+
+    /// Authorizes the client for `target` and reaches it; the status and reason to answer
+    /// when either fails.
+    async fn open(
+        &self,
+        peer: &Peer,
+        target: SocketAddr,
+    ) -> Result<TunnelEnd, (StatusCode, String)> {
+        if let Err(refusal) = self.handler.authorize(peer, target).await {
+            self.stats.stream_refused();
+            info!(identity = %peer.identity, reason = %refusal, "hbone stream denied");
+            return Err((StatusCode::FORBIDDEN, refusal.reason().to_owned()));
+        }
+        let after = self.config.target_connect_timeout;
+        match tokio::time::timeout(after, self.handler.connect(peer, target)).await {
+            Ok(Ok(end)) => Ok(end),
+            Ok(Err(error)) => {
+                self.stats.stream_failed();
+                info!(%error, "hbone target unreachable");
+                Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot reach {target}: {error}"),
+                ))
+            }
+            Err(_) => {
+                self.stats.stream_failed();
+                info!(?after, "hbone target connect timed out");
+                Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot reach {target}: no answer within {after:?}"),
+                ))
+            }
+        }
+    }
+}
+
+/// Why a connection's task ended other than by the connection closing cleanly.
+enum ConnectionEnd {
+    Http2(h2::Error),
+    Keepalive,
+    HandshakeTimeout(Duration),
+    /// The drain time ran out.
+    Cut,
+}
+
+/// The target of a well-formed `CONNECT`; else the status and reason to answer.
+fn connect_target(method: &Method, uri: &Uri) -> Result<SocketAddr, (StatusCode, &'static str)> {
+    if method != Method::CONNECT {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "hbone only accepts CONNECT"));
+    }
+    uri.authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+        .ok_or((
+            StatusCode::BAD_REQUEST,
+            "the CONNECT authority must be <ip>:<port>",
+        ))
 }
 
 /// How long a tunnel whose in-process server has finished waits for the client's
@@ -614,9 +666,9 @@ where
     }
 }
 
-/// A refusal response: the reason in [`REASON_HEADER`] (sanitized to visible ASCII) and in the
-/// body.
-fn refusal(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
+/// Answers a refusal: the reason in [`REASON_HEADER`] (sanitized to visible ASCII) and in
+/// the body; a 405 names the one method allowed.
+fn refuse(respond: &mut SendResponse<Bytes>, status: StatusCode, reason: &str) {
     let printable: String = reason
         .chars()
         .take(256)
@@ -628,10 +680,22 @@ fn refusal(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
             }
         })
         .collect();
-    let mut response = Response::new(Full::new(Bytes::from(format!("{printable}\n"))));
+    let mut response = Response::new(());
     *response.status_mut() = status;
     if let Ok(value) = HeaderValue::from_str(&printable) {
         response.headers_mut().insert(REASON_HEADER, value);
     }
-    response
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("CONNECT"));
+    }
+    match respond.send_response(response, false) {
+        Ok(mut body) => {
+            if let Err(error) = body.send_data(Bytes::from(format!("{printable}\n")), true) {
+                debug!(%error, "hbone refusal body not sent");
+            }
+        }
+        Err(error) => debug!(%error, "hbone refusal not sent"),
+    }
 }

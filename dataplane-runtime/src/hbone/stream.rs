@@ -7,13 +7,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use switchyard_model::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::dial::ActiveStream;
 use super::stats::HboneStats;
+use super::wire::TunnelIo;
 
 /// An I/O object that adds what it reads and writes to [`HboneStats`].
 pub(crate) struct Counted<S> {
@@ -90,7 +89,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 /// rides on stays open while the stream lives, even after the pool has replaced it (rotation,
 /// `GOAWAY`).
 pub struct HboneStream {
-    io: Counted<TokioIo<Upgraded>>,
+    io: Counted<TunnelIo>,
     target: SocketAddr,
     via: SocketAddr,
     peer: SpiffeId,
@@ -100,7 +99,7 @@ pub struct HboneStream {
 
 impl HboneStream {
     pub(super) fn new(
-        upgraded: Upgraded,
+        io: TunnelIo,
         stats: Arc<HboneStats>,
         active: ActiveStream,
         target: SocketAddr,
@@ -108,7 +107,7 @@ impl HboneStream {
         peer: SpiffeId,
     ) -> Self {
         HboneStream {
-            io: Counted::new(TokioIo::new(upgraded), stats),
+            io: Counted::new(io, stats),
             target,
             via,
             peer,

@@ -794,3 +794,121 @@ async fn idle_connections_leave_the_pool() {
     drop(stream);
     server.stop().await;
 }
+
+/// A TCP relay from a port of its own to `to` that can be frozen: it then passes no more
+/// bytes either way but keeps both connections open, like a path to a host that vanished.
+struct Relay {
+    addr: SocketAddr,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    async fn start(to: SocketAddr) -> Relay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let flag = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = TcpStream::connect(to).await else {
+                    continue;
+                };
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                for (mut from, mut to) in [(in_read, out_write), (out_read, in_write)] {
+                    let frozen = flag.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            // Frozen: hold the bytes (and read no more) for good.
+                            while frozen.load(Ordering::Acquire) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Relay { addr, frozen }
+    }
+
+    fn freeze(&self) {
+        self.frozen
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+#[tokio::test]
+async fn keepalive_drops_a_connection_whose_peer_went_silent() {
+    let mesh = Mesh::new();
+    let (interval, timeout) = (Duration::from_millis(100), Duration::from_millis(200));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let server = HboneServer::with_config(
+        &mesh.server,
+        Arc::new(Policy::default()),
+        HboneServerConfig {
+            keepalive_interval: Some(interval),
+            keepalive_timeout: timeout,
+            ..HboneServerConfig::default()
+        },
+    );
+    let server_stats = server.stats();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let serving = tokio::spawn(async move { server.serve(listener, token).await });
+    let relay = Relay::start(server_addr).await;
+    let client = HboneClient::with_config(
+        &mesh.client,
+        HboneClientConfig {
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(3),
+            keepalive_interval: Some(interval),
+            keepalive_timeout: timeout,
+            ..HboneClientConfig::default()
+        },
+    );
+    let target = echo_target().await;
+    let mut stream = client
+        .connect(target, relay.addr, expect_server())
+        .await
+        .unwrap();
+    echo(&mut stream, b"before").await;
+
+    // Answered pings keep the connection: several intervals later it is still the one in use.
+    tokio::time::sleep(6 * interval).await;
+    echo(&mut stream, b"still up").await;
+    assert_eq!(client.pooled_connections(), 1);
+    assert_eq!(client.stats().snapshot().connections_closed, 0);
+    assert_eq!(server_stats.snapshot().connections_closed, 0);
+
+    relay.freeze();
+    eventually("the client drops the silent connection", || {
+        client.pooled_connections() == 0 && client.stats().snapshot().connections_closed == 1
+    })
+    .await;
+    eventually("the server drops it too", || {
+        server_stats.snapshot().connections_closed == 1
+    })
+    .await;
+    // The tunnel on it fails instead of hanging.
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut byte))
+        .await
+        .expect("the tunnel's read returns once its connection is gone");
+    assert!(read.is_err(), "read on a dropped connection: {read:?}");
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .expect("server stops")
+        .unwrap();
+}
