@@ -15,7 +15,9 @@ use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use switchyard_dataplane_runtime::ads_client::ads_node;
-use switchyard_dataplane_runtime::hbone::{HboneClient, HboneClientConfig, HboneServer};
+use switchyard_dataplane_runtime::hbone::{
+    HboneClient, HboneClientConfig, HboneServer, Spread, SpreadMember,
+};
 use switchyard_dataplane_runtime::identity::{
     CaClient, CaTransport, Rotation, RotationPolicy, control_plane_channel, control_plane_identity,
     generate_csr,
@@ -551,6 +553,14 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     // second proxy of the same user with several workers would share the ports, as two
     // Envoys with `enable_reuse_port` do).
     let reuse_port = workers > 1;
+    // HBONE connections are few and long-lived: spread them evenly over the workers instead
+    // of leaving it to the SO_REUSEPORT hash.
+    let (spread, spread_members) = if workers > 1 {
+        let (spread, members) = Spread::new(workers as usize);
+        (Some(spread), members)
+    } else {
+        (None, Vec::new())
+    };
     let mut capture_listeners = Vec::with_capacity(worker_proxies.len() + 1);
     for _ in 0..workers {
         capture_listeners.push(CaptureListeners {
@@ -605,6 +615,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         let ready_proxy = proxy.clone();
         let stats_proxy = proxy.clone();
         let stats_workers = worker_proxies.clone();
+        let stats_spread = spread.clone();
         let stats_config = config.clone();
         let dump_config = config.clone();
         let dump_store = store.clone();
@@ -695,6 +706,9 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
                         .sum();
                     let _ = writeln!(out, "hbone_client_pooled: {pooled}");
                     let _ = writeln!(out, "hbone_server: {server:?}");
+                    if let Some(spread) = &stats_spread {
+                        let _ = writeln!(out, "hbone_server_connections_per_worker: {:?}", spread.open());
+                    }
                     let status = stats_config.status();
                     let _ = writeln!(
                         out,
@@ -718,12 +732,19 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     tokio::spawn(proxy.clone().serve_inbound_plaintext(inbound));
     let shutdown = CancellationToken::new();
     let mut workers_drained = Vec::with_capacity(worker_proxies.len());
-    for (worker, listeners) in worker_proxies.into_iter().zip(capture_listeners) {
+    let mut spread_members = spread_members.into_iter();
+    let main_member = spread_members.next();
+    for ((worker, listeners), member) in worker_proxies
+        .into_iter()
+        .zip(capture_listeners)
+        .zip(spread_members)
+    {
         workers_drained.push(
             start_worker(
                 worker,
                 &hbone_server,
                 listeners,
+                member,
                 config.clone(),
                 shutdown.clone(),
             )
@@ -738,8 +759,10 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
                 ready = config.ready() => ready.is_some(),
                 () = shutdown.cancelled() => false,
             };
-            if ready {
-                hbone_server.serve(hbone, shutdown).await;
+            match (ready, main_member) {
+                (true, Some(member)) => hbone_server.serve_spread(hbone, shutdown, member).await,
+                (true, None) => hbone_server.serve(hbone, shutdown).await,
+                (false, _) => {}
             }
         })
     };
@@ -819,6 +842,7 @@ async fn start_worker(
     proxy: Arc<Proxy>,
     hbone_server: &HboneServer<TunnelHandler>,
     listeners: CaptureListeners,
+    member: SpreadMember,
     config: ConfigReader,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
@@ -865,10 +889,11 @@ async fn start_worker(
                     () = shutdown.cancelled() => false,
                 };
                 if ready {
-                    hbone_server.serve(hbone, shutdown).await;
+                    hbone_server.serve_spread(hbone, shutdown, member).await;
                 } else {
-                    // Out of the SO_REUSEPORT group: no connection may wait on it unserved.
-                    drop(hbone);
+                    // Out of the SO_REUSEPORT group and the spread: no connection may wait on
+                    // it unserved.
+                    drop((hbone, member));
                 }
                 let _ = drained_tx.send(());
                 // The connections of this worker are tasks of this runtime: keep it running

@@ -494,6 +494,12 @@ async fn two_workers() {
             >= 1,
         "{server_stats}"
     );
+    // Each client worker dialled its own HBONE connection; the server serves one per worker,
+    // wherever SO_REUSEPORT's hash put them.
+    assert!(
+        server_stats.contains("hbone_server_connections_per_worker: [1, 1]"),
+        "{server_stats}"
+    );
     let (code, metrics) = http("127.0.0.1:15020".parse().unwrap(), "GET", "/metrics")
         .await
         .unwrap();

@@ -19,6 +19,7 @@ mod client;
 mod dial;
 mod error;
 mod server;
+mod spread;
 mod stats;
 mod stream;
 mod wire;
@@ -29,6 +30,7 @@ pub use server::{
     HboneServer, HboneServerConfig, InboundHandler, Peer, Refusal, ServeTunnel, TargetStream,
     TunnelEnd,
 };
+pub use spread::{Spread, SpreadMember};
 pub use stats::{HboneStats, StatsSnapshot};
 pub use stream::HboneStream;
 

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::spread::{Handed, SpreadMember, Tally};
 use super::stats::HboneStats;
 use super::stream::Counted;
 use super::wire::{self, TunnelIo};
@@ -238,38 +239,77 @@ impl<H: InboundHandler> HboneServer<H> {
     /// new tunnels elsewhere), open tunnels get [`HboneServerConfig::drain_timeout`] to finish
     /// and are then cut; this returns when everything has stopped.
     pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) {
+        self.run(listener, shutdown, None).await;
+    }
+
+    /// [`serve`](Self::serve) as one worker of a [`Spread`](super::Spread): each connection
+    /// this worker accepts is served by the worker with the fewest HBONE connections, and
+    /// the connections other workers hand to this one are served here. Must run on the
+    /// runtime of the worker `member` belongs to.
+    pub async fn serve_spread(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        member: SpreadMember,
+    ) {
+        self.run(listener, shutdown, Some(member)).await;
+    }
+
+    async fn run(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        mut member: Option<SpreadMember>,
+    ) {
         let tasks = Tasks {
             shutdown,
             abort: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };
         let local = listener.local_addr().ok();
-        info!(addr = ?local, "hbone server listening");
+        info!(addr = ?local, worker = member.as_ref().map(SpreadMember::index), "hbone server listening");
         loop {
-            let accepted = tokio::select! {
+            let handed = async {
+                match member.as_mut() {
+                    Some(member) => member.handed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let (tcp, addr, tally) = tokio::select! {
                 biased;
                 () = tasks.shutdown.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((tcp, addr)) => {
-                    let inner = self.inner.clone();
-                    let span = info_span!("hbone_server_conn", peer_addr = %addr, identity = tracing::field::Empty);
-                    tasks.tracker.spawn(
-                        inner
-                            .serve_connection(tcp, addr, tasks.clone())
-                            .instrument(span),
-                    );
-                }
-                Err(error) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    warn!(%error, "hbone accept failed");
-                    tokio::select! {
-                        () = tasks.shutdown.cancelled() => break,
-                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                Some(handed) = handed => match TcpStream::from_std(handed.tcp) {
+                    Ok(tcp) => (tcp, handed.addr, Some(handed.tally)),
+                    Err(error) => {
+                        warn!(%error, peer_addr = %handed.addr, "hbone connection handed from another worker lost");
+                        continue;
                     }
+                },
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, addr)) => match self.place(tcp, addr, member.as_ref()) {
+                        Some((tcp, tally)) => (tcp, addr, tally),
+                        None => continue,
+                    },
+                    Err(error) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        warn!(%error, "hbone accept failed");
+                        tokio::select! {
+                            () = tasks.shutdown.cancelled() => break,
+                            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        }
+                        continue;
+                    }
+                },
+            };
+            let (inner, conn_tasks) = (self.inner.clone(), tasks.clone());
+            let span = info_span!("hbone_server_conn", peer_addr = %addr, identity = tracing::field::Empty);
+            tasks.tracker.spawn(
+                async move {
+                    inner.serve_connection(tcp, addr, conn_tasks).await;
+                    drop(tally);
                 }
-            }
+                .instrument(span),
+            );
         }
         drop(listener);
         tasks.tracker.close();
@@ -284,6 +324,50 @@ impl<H: InboundHandler> HboneServer<H> {
             tasks.tracker.wait().await;
         }
         info!(addr = ?local, "hbone server stopped");
+    }
+}
+
+impl<H: InboundHandler> HboneServer<H> {
+    /// Where a connection this worker accepted is served: here, with its tally when the
+    /// workers are spread, or by another worker it was handed to (`None`).
+    fn place(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        member: Option<&SpreadMember>,
+    ) -> Option<(TcpStream, Option<Tally>)> {
+        let Some(member) = member else {
+            return Some((tcp, None));
+        };
+        let (to, tally) = member.place();
+        if to == member.index() {
+            return Some((tcp, Some(tally)));
+        }
+        // Out of this runtime's I/O driver; the other worker registers it with its own.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(error) => {
+                warn!(%error, peer_addr = %addr, "hbone connection lost while handing it to another worker");
+                return None;
+            }
+        };
+        match member.hand(to, Handed { tcp, addr, tally }) {
+            Ok(()) => {
+                debug!(peer_addr = %addr, worker = to, "hbone connection handed to the worker with the fewest");
+                None
+            }
+            Err(returned) => {
+                // That worker has stopped taking connections: serve it here.
+                drop(returned.tally);
+                match TcpStream::from_std(returned.tcp) {
+                    Ok(tcp) => Some((tcp, Some(member.count(member.index())))),
+                    Err(error) => {
+                        warn!(%error, peer_addr = %addr, "hbone connection lost while taking it back");
+                        None
+                    }
+                }
+            }
+        }
     }
 }
 

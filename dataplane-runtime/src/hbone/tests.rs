@@ -912,3 +912,58 @@ async fn keepalive_drops_a_connection_whose_peer_went_silent() {
         .expect("server stops")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_spread_serves_each_connection_on_the_worker_with_the_fewest() {
+    let mesh = Mesh::new();
+    let (spread, members) = Spread::new(2);
+    // Worker 0's listener accepts every connection and worker 1's none, as an unlucky
+    // SO_REUSEPORT hash would have it.
+    let busy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let idle = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = busy.local_addr().unwrap();
+    let server = HboneServer::new(&mesh.server, Arc::new(Policy::default()));
+    let shutdown = CancellationToken::new();
+    let (mut workers, mut policies) = (Vec::new(), Vec::new());
+    for (listener, member) in [busy, idle].into_iter().zip(members) {
+        // Each worker its own policy, to tell which worker served a tunnel.
+        let policy = Arc::new(Policy::default());
+        policies.push(policy.clone());
+        let server = server.with_handler(policy);
+        let token = shutdown.clone();
+        workers.push(tokio::spawn(async move {
+            server.serve_spread(listener, token, member).await;
+        }));
+    }
+
+    let target = echo_target().await;
+    let mut tunnels = Vec::new();
+    for i in 0..4u8 {
+        // One client per connection: a client pools one connection per server.
+        let client = mesh.client();
+        let mut stream = client.connect(target, addr, expect_server()).await.unwrap();
+        echo(&mut stream, &[b'0' + i; 3]).await;
+        tunnels.push((client, stream));
+    }
+    assert_eq!(spread.open(), vec![2, 2], "connections per worker");
+    let served: Vec<usize> = policies.iter().map(|p| p.seen().len()).collect();
+    assert_eq!(served, vec![2, 2], "tunnels served per worker");
+    assert_eq!(server.stats().snapshot().connections_opened, 4);
+    // Every tunnel still works, whichever worker serves it.
+    for (_, stream) in &mut tunnels {
+        echo(stream, b"again").await;
+    }
+
+    drop(tunnels);
+    eventually("the workers count the closed connections", || {
+        spread.open() == vec![0, 0]
+    })
+    .await;
+    shutdown.cancel();
+    for worker in workers {
+        tokio::time::timeout(Duration::from_secs(5), worker)
+            .await
+            .expect("worker stops")
+            .unwrap();
+    }
+}
