@@ -8,23 +8,20 @@
 //! stack of both ends (and a wake-up of the peer).
 //!
 //! [`Coalesce`] buffers writes ([`tokio::io::BufWriter`]) and holds them for the rest of the
-//! poll of the task that drives the connection: a flush that finds bytes waiting reports
-//! success without writing, so h2 goes on encoding the frames it has queued (a response's
-//! trailers after its DATA, the frames of other streams) into the same buffer. When the poll
-//! ends, [`Turns::drive`] polls the connection once more with flushes writing: h2 ends every
-//! poll of its connection with a flush, and everything the poll gathered leaves in one write.
-//! The frames a poll finds queued are those the other tasks produced since the connection's
-//! task was woken, so the batches grow with the load, while a lone request waits for nothing.
+//! scheduler turn: the first flush that finds bytes waiting reports success without writing
+//! and wakes its task; every later flush of the same turn does the same, so h2 goes on
+//! encoding the frames it has queued (a response's trailers after its DATA, the frames of
+//! other streams) into the same buffer. The first flush of a later turn writes all that has
+//! gathered. The tasks already queued on the runtime run in between, and may add frames.
 //!
-//! [`Turns::drive`] wraps the future that drives a connection, and the connection's
-//! [`Coalesce`] holds the same [`Turns`]. For hyper's HTTP/2 client, whose connection runs in
-//! a task hyper spawns, [`TurnExecutor`] is the executor that wraps it. A flush outside a
-//! driven poll is held until the task's next turn (its task is woken for it).
+//! A turn is a poll of the task that drives the connection: [`Turns::drive`] counts them,
+//! and a connection's [`Coalesce`] holds the same [`Turns`]. For hyper's HTTP/2 client, whose
+//! connection runs in a task hyper spawns, [`TurnExecutor`] is the executor that counts.
 //!
-//! **Only for HTTP/2 connections** (h2 flushes at the end of every poll of its connection, so
-//! held bytes always go out): a caller that flushes once and then waits for an answer would
-//! wait forever. As a safety net, a flush is held at most [`MAX_HELD_FLUSHES`] times in a row
-//! without the turn moving on.
+//! **Only for HTTP/2 connections** (h2 flushes on every poll of its connection, so the bytes
+//! held always go out on the next turn): a caller that flushes once and then waits for an
+//! answer would wait forever. As a safety net, a flush is held at most [`MAX_HELD_FLUSHES`]
+//! times in a row without the turn moving on.
 //!
 //! The cost is copying the bytes once. Measured in the sidecar benchmark (issue notes).
 
@@ -32,7 +29,7 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
@@ -47,18 +44,7 @@ pub const MAX_HELD_FLUSHES: u32 = 16;
 /// The turns of the task(s) driving one connection: each poll of a future wrapped by
 /// [`Turns::drive`] is a new turn. Clones share the count.
 #[derive(Debug, Clone, Default)]
-pub struct Turns(Arc<TurnState>);
-
-#[derive(Debug, Default)]
-struct TurnState {
-    turn: AtomicU64,
-    /// A poll of [`Turns::drive`] is running.
-    driving: AtomicBool,
-    /// [`Turns::drive`] is polling again to write what was held: flushes write.
-    last_call: AtomicBool,
-    /// [`Coalesce`]s holding bytes.
-    holding: AtomicU32,
-}
+pub struct Turns(Arc<AtomicU64>);
 
 impl Turns {
     /// A new count.
@@ -66,31 +52,18 @@ impl Turns {
         Self::default()
     }
 
-    /// Runs `future`, counting each of its polls as a turn. When a poll ends (pending) with
-    /// bytes held, the future is polled once more with flushes writing: h2 flushes at the end
-    /// of each poll of its connection, so what the turn gathered leaves in one write.
+    /// Runs `future`, counting each of its polls as a turn.
     pub async fn drive<F: Future>(self, future: F) -> F::Output {
         let mut future = pin!(future);
-        let state = &self.0;
         poll_fn(|cx| {
-            state.turn.fetch_add(1, Ordering::Relaxed);
-            state.driving.store(true, Ordering::Relaxed);
-            let mut polled = future.as_mut().poll(cx);
-            if polled.is_pending() && state.holding.load(Ordering::Relaxed) > 0 {
-                state.last_call.store(true, Ordering::Relaxed);
-                polled = future.as_mut().poll(cx);
-                // h2 ends every poll of its connection with a flush, unless a write is
-                // pending on the socket (which wakes the task when it drains).
-                state.last_call.store(false, Ordering::Relaxed);
-            }
-            state.driving.store(false, Ordering::Relaxed);
-            polled
+            self.0.fetch_add(1, Ordering::Relaxed);
+            future.as_mut().poll(cx)
         })
         .await
     }
 
     fn now(&self) -> u64 {
-        self.0.turn.load(Ordering::Relaxed)
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -109,14 +82,13 @@ where
     }
 }
 
-/// A byte stream whose writes are buffered and held until the end of the poll of the task
-/// that drives it (see the module documentation). Reads pass through.
+/// A byte stream whose writes are buffered and held until the next turn of the task that
+/// drives it (see the module documentation). Reads pass through.
 #[derive(Debug)]
 pub struct Coalesce<T> {
     inner: BufWriter<T>,
     turns: Turns,
-    /// The turn in which a flush found bytes and held them; a flush of a later turn, or of
-    /// the last call of this one, writes.
+    /// The turn in which a flush found bytes and held them; a flush of a later turn writes.
     held_in: Option<u64>,
     /// Flushes held since the last write.
     held: u32,
@@ -148,22 +120,6 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
     /// (during a partial flush, some of them may already have been).
     pub fn pending(&self) -> usize {
         self.inner.buffer().len()
-    }
-}
-
-impl<T> Coalesce<T> {
-    /// No bytes held any more.
-    fn release(&mut self) {
-        if self.held_in.take().is_some() {
-            self.turns.0.holding.fetch_sub(1, Ordering::Relaxed);
-        }
-        self.held = 0;
-    }
-}
-
-impl<T> Drop for Coalesce<T> {
-    fn drop(&mut self) {
-        self.release();
     }
 }
 
@@ -200,40 +156,25 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let state = &this.turns.0;
-        if !this.inner.buffer().is_empty()
-            && this.held < MAX_HELD_FLUSHES
-            && !state.last_call.load(Ordering::Relaxed)
-        {
+        if !this.inner.buffer().is_empty() && this.held < MAX_HELD_FLUSHES {
             let now = this.turns.now();
-            let held_in = *this.held_in.get_or_insert_with(|| {
-                state.holding.fetch_add(1, Ordering::Relaxed);
-                now
-            });
-            if held_in == now {
-                // Hold the bytes for the rest of this poll; `Turns::drive` comes back for
-                // them, or the task's next turn does when it is not driven.
+            if *this.held_in.get_or_insert(now) == now {
+                // Hold the bytes for the rest of this turn; the task comes back for them.
                 this.held += 1;
-                if !state.driving.load(Ordering::Relaxed) {
-                    cx.waker().wake_by_ref();
-                }
+                cx.waker().wake_by_ref();
                 return Poll::Ready(Ok(()));
             }
         }
         let flushed = Pin::new(&mut this.inner).poll_flush(cx);
         if flushed.is_ready() {
-            this.release();
+            this.held_in = None;
+            this.held = 0;
         }
         flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let shut = Pin::new(&mut this.inner).poll_shutdown(cx);
-        if shut.is_ready() {
-            this.release();
-        }
-        shut
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
