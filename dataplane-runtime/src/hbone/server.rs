@@ -311,7 +311,8 @@ impl<H: InboundHandler> HboneServer<H> {
                 .instrument(span),
             );
         }
-        drop(listener);
+        // Out of the spread too: workers still accepting keep what they accept.
+        drop((listener, member));
         tasks.tracker.close();
         info!(tasks = tasks.tracker.len(), addr = ?local, "hbone server draining");
         let drain = self.inner.config.drain_timeout;
