@@ -3,6 +3,7 @@
 //!
 //! - [`original_dst`]: where a captured outbound connection was going (`SO_ORIGINAL_DST`).
 //! - [`detect`]: which protocol a connection speaks, from its first bytes, without losing them.
+//! - [`body`]: a forwarded body that sends its last chunk with the end of the stream.
 //! - [`balance`]: power-of-two-choices over peak-EWMA cost, weights and outlier ejection.
 //! - [`retry`]: whether a failed attempt may be retried (Envoy `retry_on` names) and the
 //!   retry budget that bounds retries across requests.
@@ -16,6 +17,7 @@
 //! their counters and export them under their own metric names.
 
 pub mod balance;
+pub mod body;
 pub mod circuit;
 pub mod clock;
 pub mod copy;

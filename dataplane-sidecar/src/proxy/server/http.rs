@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::super::balance::Outcome;
+use super::super::body::EndAhead;
 use super::super::circuit::{CircuitGuard, OVERLOADED_HEADER, Overloaded};
 use super::super::detect::read_h2_preface;
 use super::super::pool::Target;
@@ -125,8 +126,11 @@ fn empty() -> Body {
         .boxed()
 }
 
+/// A received body, to forward: its last chunk carries the end of the stream ([`EndAhead`]).
 fn incoming(body: Incoming) -> Body {
-    body.map_err(|e| -> BoxError { Box::new(e) }).boxed()
+    EndAhead::new(body)
+        .map_err(|e| -> BoxError { Box::new(e) })
+        .boxed()
 }
 
 /// The request's host: `:authority` (absolute URIs, HTTP/2) or the `Host` header.
