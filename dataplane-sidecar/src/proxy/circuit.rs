@@ -6,6 +6,10 @@
 //! a `503` with the [`OVERLOADED_HEADER`] set to [`Overloaded::reason`] (for a retry, it just
 //! does not retry). Limits can change while guards are out: a lower limit refuses new slots
 //! until enough guards are dropped.
+//!
+//! With a retry budget (Envoy's `retry_budget` threshold) the retry limit is not fixed: it is
+//! `budget_percent` of the requests in flight and pending, and never below
+//! `min_retry_concurrency`; `max_retries` is then ignored, as in Envoy.
 
 use std::fmt;
 use std::sync::Arc;
@@ -62,7 +66,7 @@ impl fmt::Display for Resource {
 }
 
 /// Limits of one cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CircuitLimits {
     /// Most open connections.
     pub max_connections: u32,
@@ -70,8 +74,30 @@ pub struct CircuitLimits {
     pub max_pending_requests: u32,
     /// Most requests in flight.
     pub max_requests: u32,
-    /// Most retries in flight.
+    /// Most retries in flight (without a retry budget).
     pub max_retries: u32,
+    /// Retries in flight as a share of the requests in flight and pending; replaces
+    /// `max_retries` when set.
+    pub retry_budget: Option<RetryBudgetLimit>,
+}
+
+/// Envoy's retry budget: retries in flight may be `budget_percent` of the requests in flight
+/// and pending, and at least `min_retry_concurrency`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudgetLimit {
+    /// Percent of the requests in flight and pending.
+    pub budget_percent: f64,
+    /// Retries always allowed.
+    pub min_retry_concurrency: u32,
+}
+
+impl RetryBudgetLimit {
+    /// The retry limit with `in_flight` requests active or pending.
+    pub fn limit(&self, in_flight: u32) -> u32 {
+        let share = (self.budget_percent / 100.0 * f64::from(in_flight)).floor();
+        // `as` saturates: a huge or NaN share gives u32::MAX or 0.
+        (share as u32).max(self.min_retry_concurrency)
+    }
 }
 
 impl Default for CircuitLimits {
@@ -90,6 +116,10 @@ impl From<&crate::config::cluster::CircuitBreakers> for CircuitLimits {
             max_pending_requests: c.max_pending_requests,
             max_requests: c.max_requests,
             max_retries: c.max_retries,
+            retry_budget: c.retry_budget.as_ref().map(|b| RetryBudgetLimit {
+                budget_percent: b.budget_percent,
+                min_retry_concurrency: b.min_retry_concurrency,
+            }),
         }
     }
 }
@@ -135,6 +165,8 @@ struct Counter {
 #[derive(Debug)]
 struct Inner {
     counters: [Counter; 4],
+    /// The retry budget, when set (`max_retries` is then ignored).
+    retry_budget: std::sync::Mutex<Option<RetryBudgetLimit>>,
     /// Woken when a connection slot is given back or a pooled connection turns idle: what
     /// a request waiting for a connection waits for.
     freed: Notify,
@@ -188,6 +220,7 @@ impl CircuitBreaker {
         let breaker = Self {
             inner: Arc::new(Inner {
                 counters: Default::default(),
+                retry_budget: std::sync::Mutex::new(None),
                 freed: Notify::new(),
             }),
         };
@@ -202,6 +235,11 @@ impl CircuitBreaker {
                 .limit
                 .store(limits.get(resource), Ordering::Relaxed);
         }
+        *self
+            .inner
+            .retry_budget
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = limits.retry_budget;
     }
 
     /// Takes a connection slot.
@@ -219,9 +257,32 @@ impl CircuitBreaker {
         self.try_acquire(Resource::Requests)
     }
 
-    /// Takes a retry slot (hold it for the retried attempt).
+    /// Takes a retry slot (hold it for the retried attempt), within the retry budget if the
+    /// cluster has one, else within `max_retries`.
     pub fn try_retry(&self) -> Result<CircuitGuard, Overloaded> {
-        self.try_acquire(Resource::Retries)
+        self.try_acquire_within(Resource::Retries, self.limit(Resource::Retries))
+    }
+
+    /// The limit of `resource` now: for retries under a budget, it follows the requests in
+    /// flight and pending.
+    fn limit(&self, resource: Resource) -> u32 {
+        let budget = match resource {
+            Resource::Retries => *self
+                .inner
+                .retry_budget
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            _ => None,
+        };
+        match budget {
+            Some(budget) => {
+                let active = |r: Resource| self.counter(r).active.load(Ordering::Relaxed);
+                budget.limit(
+                    active(Resource::Requests).saturating_add(active(Resource::PendingRequests)),
+                )
+            }
+            None => self.counter(resource).limit.load(Ordering::Relaxed),
+        }
     }
 
     /// Takes a slot of `resource` even over its limit, after a refused `try_*` (which counted
@@ -237,8 +298,15 @@ impl CircuitBreaker {
 
     /// Takes a slot of `resource`, or refuses when all are in use.
     pub fn try_acquire(&self, resource: Resource) -> Result<CircuitGuard, Overloaded> {
+        self.try_acquire_within(resource, self.limit(resource))
+    }
+
+    fn try_acquire_within(
+        &self,
+        resource: Resource,
+        limit: u32,
+    ) -> Result<CircuitGuard, Overloaded> {
         let counter = self.counter(resource);
-        let limit = counter.limit.load(Ordering::Relaxed);
         let taken = counter
             .active
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |active| {
@@ -277,7 +345,7 @@ impl CircuitBreaker {
         let counts = |resource| {
             let c = self.counter(resource);
             ResourceCounts {
-                limit: c.limit.load(Ordering::Relaxed),
+                limit: self.limit(resource),
                 active: c.active.load(Ordering::Relaxed),
                 refused: c.refused.load(Ordering::Relaxed),
             }

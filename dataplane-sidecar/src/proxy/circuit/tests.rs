@@ -6,6 +6,7 @@ fn limits(n: u32) -> CircuitLimits {
         max_pending_requests: n,
         max_requests: n,
         max_retries: n,
+        retry_budget: None,
     }
 }
 
@@ -100,4 +101,60 @@ fn clones_share_counters_across_threads() {
     }
     assert_eq!(breaker.snapshot().requests.active, 0);
     assert_eq!(breaker.snapshot().requests.refused, 0);
+}
+
+#[test]
+fn a_retry_budget_follows_the_requests_in_flight_and_replaces_max_retries() {
+    let budget = RetryBudgetLimit {
+        budget_percent: 50.0,
+        min_retry_concurrency: 1,
+    };
+    let breaker = CircuitBreaker::new(CircuitLimits {
+        max_retries: 0,
+        retry_budget: Some(budget),
+        ..limits(100)
+    });
+    // nothing in flight: the floor, although max_retries is 0
+    let first = breaker.try_retry().expect("the floor allows one");
+    let refused = breaker.try_retry().expect_err("over the floor");
+    assert_eq!((refused.resource, refused.limit), (Resource::Retries, 1));
+
+    // 4 requests in flight and 2 pending: 50 % of 6 = 3 retries in flight
+    let requests: Vec<_> = (0..4).map(|_| breaker.try_request().unwrap()).collect();
+    let pending: Vec<_> = (0..2)
+        .map(|_| breaker.try_pending_request().unwrap())
+        .collect();
+    assert_eq!(breaker.snapshot().retries.limit, 3);
+    let more: Vec<_> = (0..2).map(|_| breaker.try_retry().unwrap()).collect();
+    assert_eq!(breaker.try_retry().expect_err("3 in flight").limit, 3);
+
+    // fewer requests: the limit shrinks and retries in flight stay until dropped
+    drop((requests, pending));
+    assert_eq!(breaker.snapshot().retries.limit, 1);
+    drop((first, more));
+    let again = breaker.try_retry().expect("the floor again");
+
+    // without the budget, max_retries applies again
+    breaker.set_limits(CircuitLimits {
+        max_retries: 0,
+        ..limits(100)
+    });
+    drop(again);
+    assert_eq!(breaker.try_retry().expect_err("max_retries 0").limit, 0);
+}
+
+#[test]
+fn a_cluster_retry_budget_reaches_the_limits() {
+    let config = crate::config::cluster::CircuitBreakers {
+        retry_budget: Some(crate::config::cluster::RetryBudget {
+            budget_percent: 25.0,
+            min_retry_concurrency: 2,
+        }),
+        ..Default::default()
+    };
+    let limits = CircuitLimits::from(&config);
+    let budget = limits.retry_budget.expect("the budget");
+    assert_eq!(budget.limit(0), 2);
+    assert_eq!(budget.limit(100), 25);
+    assert_eq!(budget.limit(9), 2);
 }
