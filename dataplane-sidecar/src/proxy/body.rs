@@ -38,6 +38,14 @@ impl<B: Body> EndAhead<B> {
             ended: false,
         }
     }
+
+    /// Bytes of the DATA chunk taken while looking ahead.
+    fn kept_len(&self) -> u64 {
+        match &self.next {
+            Some(Ok(frame)) => frame.data_ref().map_or(0, |d| d.remaining() as u64),
+            _ => 0,
+        }
+    }
 }
 
 impl<B: Body + Unpin> EndAhead<B> {
@@ -114,16 +122,6 @@ where
         }
         hint.set_lower(hint.lower().saturating_add(kept));
         hint
-    }
-}
-
-impl<B: Body> EndAhead<B> {
-    /// Bytes of the DATA chunk taken while looking ahead.
-    fn kept_len(&self) -> u64 {
-        match &self.next {
-            Some(Ok(frame)) => frame.data_ref().map_or(0, |d| d.remaining() as u64),
-            _ => 0,
-        }
     }
 }
 

@@ -260,7 +260,7 @@ impl CircuitBreaker {
     /// Takes a retry slot (hold it for the retried attempt), within the retry budget if the
     /// cluster has one, else within `max_retries`.
     pub fn try_retry(&self) -> Result<CircuitGuard, Overloaded> {
-        self.try_acquire_within(Resource::Retries, self.limit(Resource::Retries))
+        self.try_acquire(Resource::Retries)
     }
 
     /// The limit of `resource` now: for retries under a budget, it follows the requests in

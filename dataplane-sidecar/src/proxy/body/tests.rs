@@ -11,6 +11,17 @@ use hyper::body::{Body, Frame};
 use super::EndAhead;
 
 type Chan = Channel<Bytes, &'static str>;
+
+/// A body whose first DATA chunks are `chunks`, already sent; the sender stays open.
+fn body_of(
+    chunks: &[&'static [u8]],
+) -> (http_body_util::channel::Sender<Bytes, &'static str>, Chan) {
+    let (mut tx, body) = Chan::new(4);
+    for chunk in chunks {
+        tx.try_send(Frame::data(Bytes::from_static(chunk))).unwrap();
+    }
+    (tx, body)
+}
 /// What one poll of a body gives.
 type Polled<B> = Poll<Option<Result<Frame<<B as Body>::Data>, <B as Body>::Error>>>;
 
@@ -39,9 +50,7 @@ fn the_message_before_an_empty_end_frame_is_the_last_chunk() {
     let waker = Waker::noop();
     // What a gRPC client sends: the message, then an empty DATA frame that ends the stream.
     let frames = || {
-        let (mut tx, body) = Chan::new(4);
-        tx.try_send(Frame::data(Bytes::from_static(b"message")))
-            .unwrap();
+        let (mut tx, body) = body_of(&[b"message"]);
         tx.try_send(Frame::data(Bytes::new())).unwrap();
         drop(tx);
         body
@@ -65,11 +74,7 @@ fn the_message_before_an_empty_end_frame_is_the_last_chunk() {
 #[test]
 fn frames_that_are_already_there_come_next_in_order() {
     let waker = Waker::noop();
-    let (mut tx, inner) = Chan::new(4);
-    tx.try_send(Frame::data(Bytes::from_static(b"one")))
-        .unwrap();
-    tx.try_send(Frame::data(Bytes::from_static(b"three")))
-        .unwrap();
+    let (mut tx, inner) = body_of(&[b"one", b"three"]);
     let mut body = EndAhead::new(inner);
 
     assert_eq!(data(poll(&mut body, waker)), "one");
@@ -99,9 +104,7 @@ fn frames_that_are_already_there_come_next_in_order() {
 
 #[test]
 fn a_body_with_nothing_ready_yet_wakes_the_task_that_looked() {
-    let (mut tx, inner) = Chan::new(4);
-    tx.try_send(Frame::data(Bytes::from_static(b"first")))
-        .unwrap();
+    let (mut tx, inner) = body_of(&[b"first"]);
     let mut body = EndAhead::new(inner);
     let flag = Arc::new(Flag::default());
     let waker = Waker::from(flag.clone());
@@ -122,9 +125,7 @@ fn a_body_with_nothing_ready_yet_wakes_the_task_that_looked() {
 #[test]
 fn an_error_seen_ahead_is_returned_after_the_chunk() {
     let waker = Waker::noop();
-    let (mut tx, inner) = Chan::new(4);
-    tx.try_send(Frame::data(Bytes::from_static(b"partial")))
-        .unwrap();
+    let (tx, inner) = body_of(&[b"partial"]);
     tx.abort("peer reset");
     let mut body = EndAhead::new(inner);
 
